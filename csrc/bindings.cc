@@ -1,0 +1,194 @@
+// pybind11 layer: checks buffers, releases the GIL, calls the core. No math here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cpu_features.h"
+#include "csr.h"
+#include "dispatch.h"
+#include "linear_ops.h"
+#include "thread_pool.h"
+
+namespace py = pybind11;
+using namespace sparseprop;
+
+namespace {
+
+template <class T>
+const char* dtype_name();
+template <>
+const char* dtype_name<float>() { return "float32"; }
+template <>
+const char* dtype_name<int32_t>() { return "int32"; }
+template <>
+const char* dtype_name<int64_t>() { return "int64"; }
+
+// Checks dtype, C-contiguity and rank of an argument; returns it as a typed array.
+template <class T>
+py::array_t<T> checked(const py::handle& obj, const char* name, int ndim, bool writable = false) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy array");
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
+                         std::string(py::str(arr.dtype())));
+  if (arr.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " +
+                          std::to_string(arr.ndim()) + "-D");
+  if (!(arr.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (writable && !arr.writeable()) throw py::value_error(std::string(name) + " must be writable");
+  return py::reinterpret_borrow<py::array_t<T>>(arr);
+}
+
+void expect(bool ok, const std::string& message) {
+  if (!ok) throw py::value_error(message);
+}
+
+// Cheap O(1) consistency checks; the full pattern check is check_csr().
+void expect_pattern(const py::array_t<int64_t>& indptr, const py::array_t<int32_t>& indices) {
+  expect(indptr.shape(0) >= 1, "indptr must have at least one entry");
+  const int64_t* p = indptr.data();
+  const int64_t rows = indptr.shape(0) - 1;
+  expect(p[0] == 0 && p[rows] == indices.shape(0),
+         "indptr does not match indices (indptr[0] must be 0 and indptr[-1] must equal len(indices))");
+}
+
+void spmm_py(py::handle indptr_o, py::handle indices_o, py::handle values_o, py::handle perm_o,
+             py::handle bias_o, py::handle x_o, py::handle y_o, int num_threads) {
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  auto values = checked<float>(values_o, "values", 1);
+  auto x = checked<float>(x_o, "x", 2);
+  auto y = checked<float>(y_o, "out", 2, true);
+  expect_pattern(indptr, indices);
+  const int64_t rows = indptr.shape(0) - 1, nnz = indices.shape(0);
+  SpmmArgs a{};
+  a.indptr = indptr.data();
+  a.indices = indices.data();
+  a.values = values.data();
+  expect(values.shape(0) == nnz, "values has " + std::to_string(values.shape(0)) +
+                                     " entries but the pattern has " + std::to_string(nnz) + " nonzeros");
+  py::array_t<int64_t> perm;
+  if (!perm_o.is_none()) {
+    perm = checked<int64_t>(perm_o, "perm", 1);
+    expect(perm.shape(0) == nnz, "perm must have one entry per nonzero");
+    a.perm = perm.data();
+  }
+  py::array_t<float> bias;
+  if (!bias_o.is_none()) {
+    bias = checked<float>(bias_o, "bias", 1);
+    expect(bias.shape(0) == rows, "bias has " + std::to_string(bias.shape(0)) + " entries, expected " +
+                                      std::to_string(rows));
+    a.bias = bias.data();
+  }
+  expect(y.shape(0) == rows, "out must have one row per pattern row");
+  expect(y.shape(1) == x.shape(1), "x and out must have the same batch length");
+  a.x = x.data();
+  a.ldx = x.shape(1);
+  a.y = y.mutable_data();
+  a.ldy = y.shape(1);
+  a.n = x.shape(1);
+  // x's row count bounds every column index; check_csr() has verified them.
+  (void)x.shape(0);
+  py::gil_scoped_release unlocked;
+  spmm(a, rows, num_threads);
+}
+
+void sddmm_py(py::handle indptr_o, py::handle indices_o, py::handle dy_o, py::handle x_o,
+              py::handle out_o, int num_threads) {
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  auto dy = checked<float>(dy_o, "dy", 2);
+  auto x = checked<float>(x_o, "x", 2);
+  auto out = checked<float>(out_o, "out", 1, true);
+  expect_pattern(indptr, indices);
+  const int64_t rows = indptr.shape(0) - 1;
+  expect(dy.shape(0) == rows, "dy must have one row per pattern row");
+  expect(dy.shape(1) == x.shape(1), "dy and x must have the same batch length");
+  expect(out.shape(0) == indices.shape(0), "out must have one entry per nonzero");
+  SddmmArgs a{indptr.data(), indices.data(), dy.data(), dy.shape(1), x.data(), x.shape(1),
+              out.mutable_data(), x.shape(1)};
+  py::gil_scoped_release unlocked;
+  sddmm(a, rows, num_threads);
+}
+
+void check_csr_py(py::handle indptr_o, py::handle indices_o, int64_t rows, int64_t cols) {
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  expect(rows >= 0 && cols >= 0, "shape must be non-negative");
+  expect(indptr.shape(0) == rows + 1, "indptr has " + std::to_string(indptr.shape(0)) +
+                                          " entries, expected rows + 1 = " + std::to_string(rows + 1));
+  std::string problem;
+  {
+    py::gil_scoped_release unlocked;
+    problem = check_csr(indptr.data(), rows, indices.data(), indices.shape(0), cols);
+  }
+  if (!problem.empty()) throw py::value_error("invalid sparsity pattern: " + problem);
+}
+
+py::tuple transpose_csr_py(py::handle indptr_o, py::handle indices_o, int64_t cols) {
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  expect_pattern(indptr, indices);
+  const int64_t rows = indptr.shape(0) - 1, nnz = indices.shape(0);
+  py::array_t<int64_t> t_indptr(cols + 1);
+  py::array_t<int32_t> t_indices(nnz);
+  py::array_t<int64_t> perm(nnz);
+  {
+    py::gil_scoped_release unlocked;
+    transpose_csr(indptr.data(), rows, indices.data(), cols, t_indptr.mutable_data(),
+                  t_indices.mutable_data(), perm.mutable_data());
+  }
+  return py::make_tuple(t_indptr, t_indices, perm);
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["compiler"] = SPARSEPROP_COMPILER;
+  d["flags"] = SPARSEPROP_FLAGS;
+  d["arch"] = SPARSEPROP_ARCH;
+  d["compiled_isas"] = compiled_isas();
+  return d;
+}
+
+py::dict cpu_features_py() {
+  const CpuFeatures& f = cpu_features();
+  py::dict d;
+  d["avx2"] = f.avx2;
+  d["avx512f"] = f.avx512f;
+  d["neon"] = f.neon;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "sparseprop native core: CSR kernels with runtime ISA dispatch";
+  m.def("spmm", &spmm_py, py::arg("indptr"), py::arg("indices"), py::arg("values"),
+        py::arg("perm"), py::arg("bias"), py::arg("x"), py::arg("out"), py::arg("num_threads"),
+        "out[r, :] = bias[r] + sum over row r's nonzeros k of values[perm[k] or k] * x[indices[k], :]");
+  m.def("sddmm", &sddmm_py, py::arg("indptr"), py::arg("indices"), py::arg("dy"), py::arg("x"),
+        py::arg("out"), py::arg("num_threads"),
+        "out[k] = dot(dy[r, :], x[indices[k], :]) for every nonzero k of every row r");
+  m.def("check_csr", &check_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"),
+        py::arg("cols"), "Raise ValueError naming the first problem of an invalid CSR pattern");
+  m.def("transpose_csr", &transpose_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("cols"),
+        "Return (t_indptr, t_indices, perm): the transposed pattern and where each value comes from");
+  m.def("available_isas", &available_isas, "ISAs this build and CPU can run, best last");
+  m.def("compiled_isas", &compiled_isas, "ISAs compiled into this build");
+  m.def("active_isa", [] { return std::string(active_kernels().isa); });
+  m.def("set_isa", [](const std::string& name) {
+    try {
+      set_isa(name);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("name"), "Force an ISA by name, or 'auto' for the best available");
+  m.def("max_threads", &max_threads);
+  m.def("cpu_features", &cpu_features_py);
+  m.def("build_info", &build_info);
+}

@@ -1,0 +1,74 @@
+#include "csr.h"
+
+#include <vector>
+
+namespace sparseprop {
+
+std::string check_csr(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t nnz,
+                      int64_t cols) {
+  auto at = [](const char* what, int64_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; };
+  if (indptr[0] != 0) return "indptr[0] must be 0, got " + std::to_string(indptr[0]);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (indptr[r + 1] < indptr[r])
+      return "indptr must be non-decreasing, but " + at("indptr", r + 1) + " = " +
+             std::to_string(indptr[r + 1]) + " < " + at("indptr", r) + " = " +
+             std::to_string(indptr[r]);
+    if (indptr[r + 1] > nnz)
+      return at("indptr", r + 1) + " = " + std::to_string(indptr[r + 1]) +
+             " exceeds the number of nonzeros (" + std::to_string(nnz) + ")";
+  }
+  if (indptr[rows] != nnz)
+    return "indptr[-1] = " + std::to_string(indptr[rows]) + " but there are " +
+           std::to_string(nnz) + " indices";
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = indptr[r]; k < indptr[r + 1]; ++k) {
+      const int64_t c = indices[k];
+      if (c < 0 || c >= cols)
+        return at("indices", k) + " = " + std::to_string(c) + " (row " + std::to_string(r) +
+               ") is out of range [0, " + std::to_string(cols) + ")";
+      if (k > indptr[r] && c <= indices[k - 1])
+        return std::string(c == indices[k - 1] ? "duplicate" : "unsorted") + " column index " +
+               std::to_string(c) + " at " + at("indices", k) + " in row " + std::to_string(r) +
+               "; indices must strictly increase within a row";
+    }
+  }
+  return "";
+}
+
+void transpose_csr(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t cols,
+                   int64_t* t_indptr, int32_t* t_indices, int64_t* perm) {
+  for (int64_t c = 0; c <= cols; ++c) t_indptr[c] = 0;
+  const int64_t nnz = indptr[rows];
+  for (int64_t k = 0; k < nnz; ++k) ++t_indptr[indices[k] + 1];
+  for (int64_t c = 0; c < cols; ++c) t_indptr[c + 1] += t_indptr[c];
+  std::vector<int64_t> next(t_indptr, t_indptr + cols);
+  // Rows are visited in order, so each column's row list comes out sorted.
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t k = indptr[r]; k < indptr[r + 1]; ++k) {
+      const int64_t dst = next[indices[k]]++;
+      t_indices[dst] = int32_t(r);
+      perm[dst] = k;
+    }
+  }
+}
+
+void balance_rows(const int64_t* indptr, int64_t rows, int parts, int64_t* bounds) {
+  // Cost of rows [0, r): nonzeros plus a per-row overhead (loads, stores, loop).
+  constexpr int64_t kRowCost = 4;
+  auto cost = [&](int64_t r) { return indptr[r] + kRowCost * r; };
+  const int64_t total = cost(rows);
+  bounds[0] = 0;
+  for (int p = 1; p < parts; ++p) {
+    const int64_t target = total * p / parts;
+    int64_t lo = bounds[p - 1], hi = rows;  // first r with cost(r) >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (cost(mid) < target) lo = mid + 1;
+      else hi = mid;
+    }
+    bounds[p] = lo;
+  }
+  bounds[parts] = rows;
+}
+
+}  // namespace sparseprop

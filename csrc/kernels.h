@@ -1,0 +1,58 @@
+// Kernel argument blocks and the per-ISA function table.
+//
+// Layout convention: dense operands are "feature-major" (one row per feature,
+// the batch contiguous inside a row), so every kernel vectorizes over the batch.
+#pragma once
+#include <cstdint>
+
+namespace sparseprop {
+
+// Y[r, :] = bias[r] + sum_k W(r, indices[k]) * X[indices[k], :] for rows of a CSR
+// matrix. values[perm[k]] is used when perm is set (the transposed pattern
+// reads the original values in place, so the input gradient is a gather).
+struct SpmmArgs {
+  const int64_t* indptr;
+  const int32_t* indices;
+  const float* values;
+  const int64_t* perm;  // optional
+  const float* bias;    // optional, one per row
+  const float* x;       // (cols, n), row stride ldx
+  int64_t ldx;
+  float* y;             // (rows, n), row stride ldy
+  int64_t ldy;
+  int64_t n;            // batch length
+};
+
+// out[k] = dot(DY[r, :], X[indices[k], :]) for every nonzero k of row r.
+struct SddmmArgs {
+  const int64_t* indptr;
+  const int32_t* indices;
+  const float* dy;      // (rows, n)
+  int64_t lddy;
+  const float* x;       // (cols, n)
+  int64_t ldx;
+  float* out;           // (nnz,)
+  int64_t n;
+};
+
+// Each kernel processes the rows [row_begin, row_end); threading is the caller's job.
+using SpmmRowsFn = void (*)(const SpmmArgs&, int64_t row_begin, int64_t row_end);
+using SddmmRowsFn = void (*)(const SddmmArgs&, int64_t row_begin, int64_t row_end);
+
+struct KernelTable {
+  const char* isa;
+  SpmmRowsFn spmm;
+  SddmmRowsFn sddmm;
+};
+
+// Defined in kernels/<isa>.cc; the SIMD ones exist only where compiled.
+const KernelTable& scalar_kernels();
+#if defined(SPARSEPROP_X86)
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
+#endif
+#if defined(SPARSEPROP_NEON)
+const KernelTable& neon_kernels();
+#endif
+
+}  // namespace sparseprop

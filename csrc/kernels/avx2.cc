@@ -1,0 +1,17 @@
+// avx2 kernels: simd/avx2.h's Vec plugged into the shared kernel bodies.
+#include <cstdint>
+#include <immintrin.h>
+
+#include "kernels.h"
+
+namespace {  // internal linkage: this ISA's copies stay private to this object
+#include "simd/avx2.h"
+#include "kernels/linear_impl.h"
+}  // namespace
+
+namespace sparseprop {
+const KernelTable& avx2_kernels() {
+  static const KernelTable table{"avx2", spmm_rows, sddmm_rows};
+  return table;
+}
+}  // namespace sparseprop

@@ -1,0 +1,17 @@
+// avx512 kernels: simd/avx512.h's Vec plugged into the shared kernel bodies.
+#include <cstdint>
+#include <immintrin.h>
+
+#include "kernels.h"
+
+namespace {  // internal linkage: this ISA's copies stay private to this object
+#include "simd/avx512.h"
+#include "kernels/linear_impl.h"
+}  // namespace
+
+namespace sparseprop {
+const KernelTable& avx512_kernels() {
+  static const KernelTable table{"avx512", spmm_rows, sddmm_rows};
+  return table;
+}
+}  // namespace sparseprop

@@ -1,0 +1,154 @@
+// SpMM and SDDMM bodies, written once against the `Vec` interface of simd/*.h.
+//
+// Each kernels/<isa>.cc includes this file inside an anonymous namespace, after
+// its own Vec, so every ISA gets private (internal-linkage) copies that the
+// linker can never merge across ISAs. Do not include it anywhere else.
+//
+// The batch dimension is split into blocks of up to BLOCK vectors; a block's
+// accumulators (SpMM) or dY row (SDDMM) stay in registers while a row's
+// nonzeros stream past. Blocks are the outer loop so the gathered rows of X for
+// one block stay warm in cache across all rows. The last block may have fewer
+// full vectors (NF) and one partial vector (TAIL) of `tail` lanes.
+
+constexpr int kW = Vec::width;
+using Reg = typename Vec::reg;
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <int NF, bool TAIL>
+inline Reg load_lane_block(const float* p, int u, int tail) {
+  return (TAIL && u == NF) ? Vec::load_partial(p + u * kW, tail) : Vec::load(p + u * kW);
+}
+
+template <int NF, bool TAIL, bool PERM>
+void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
+  constexpr int NV = NF + (TAIL ? 1 : 0);
+  for (int64_t r = r0; r < r1; ++r) {
+    // Two accumulator sets (even / odd nonzeros) halve the FMA dependency chains.
+    Reg acc0[NV], acc1[NV];
+    const Reg init = a.bias ? Vec::set1(a.bias[r]) : Vec::zero();
+    for (int u = 0; u < NV; ++u) {
+      acc0[u] = init;
+      acc1[u] = Vec::zero();
+    }
+    int64_t k = a.indptr[r];
+    const int64_t end = a.indptr[r + 1];
+    for (; k + 1 < end; k += 2) {
+      const Reg w0 = Vec::set1(a.values[PERM ? a.perm[k] : k]);
+      const Reg w1 = Vec::set1(a.values[PERM ? a.perm[k + 1] : k + 1]);
+      const float* x0 = a.x + a.indices[k] * a.ldx + c0;
+      const float* x1 = a.x + a.indices[k + 1] * a.ldx + c0;
+      for (int u = 0; u < NV; ++u) {
+        acc0[u] = Vec::fma(w0, load_lane_block<NF, TAIL>(x0, u, tail), acc0[u]);
+        acc1[u] = Vec::fma(w1, load_lane_block<NF, TAIL>(x1, u, tail), acc1[u]);
+      }
+    }
+    if (k < end) {
+      const Reg w0 = Vec::set1(a.values[PERM ? a.perm[k] : k]);
+      const float* x0 = a.x + a.indices[k] * a.ldx + c0;
+      for (int u = 0; u < NV; ++u)
+        acc0[u] = Vec::fma(w0, load_lane_block<NF, TAIL>(x0, u, tail), acc0[u]);
+    }
+    float* y = a.y + r * a.ldy + c0;
+    for (int u = 0; u < NF; ++u) Vec::store(y + u * kW, Vec::add(acc0[u], acc1[u]));
+    if (TAIL) Vec::store_partial(y + NF * kW, Vec::add(acc0[NF], acc1[NF]), tail);
+  }
+}
+
+template <int NF, bool TAIL, bool ACCUMULATE>
+void sddmm_block(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
+  constexpr int NV = NF + (TAIL ? 1 : 0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t begin = a.indptr[r], end = a.indptr[r + 1];
+    if (begin == end) continue;
+    Reg dy[NV];
+    const float* dy_row = a.dy + r * a.lddy + c0;
+    for (int u = 0; u < NV; ++u) dy[u] = load_lane_block<NF, TAIL>(dy_row, u, tail);
+    for (int64_t k = begin; k < end; ++k) {
+      const float* x = a.x + a.indices[k] * a.ldx + c0;
+      Reg s0 = Vec::mul(dy[0], load_lane_block<NF, TAIL>(x, 0, tail));
+      Reg s1 = Vec::zero();
+      for (int u = 1; u < NV; ++u) {
+        if (u & 1)
+          s1 = Vec::fma(dy[u], load_lane_block<NF, TAIL>(x, u, tail), s1);
+        else
+          s0 = Vec::fma(dy[u], load_lane_block<NF, TAIL>(x, u, tail), s0);
+      }
+      const float dot = Vec::hsum(Vec::add(s0, s1));
+      a.out[k] = ACCUMULATE ? a.out[k] + dot : dot;
+    }
+  }
+}
+
+// Calls Block<NF, TAIL>::run for the partial last block, NF chosen at run time.
+template <template <int, bool> class Block, int NF>
+struct LastBlock {
+  template <class Args>
+  static void run(const Args& a, int64_t r0, int64_t r1, int64_t c0, int nf, int tail) {
+    if (nf == NF) {
+      if (tail) {
+        Block<NF, true>::run(a, r0, r1, c0, tail);
+      } else if constexpr (NF > 0) {
+        Block<NF, false>::run(a, r0, r1, c0, 0);
+      }
+      return;
+    }
+    if constexpr (NF > 0) LastBlock<Block, NF - 1>::run(a, r0, r1, c0, nf, tail);
+  }
+};
+
+// Walks the batch in blocks of BLOCK vectors, then one partial block.
+template <int BLOCK, template <int, bool> class Block, class Args>
+void for_each_block(const Args& a, int64_t r0, int64_t r1, int64_t n) {
+  constexpr int64_t step = int64_t(BLOCK) * kW;
+  int64_t c0 = 0;
+  for (; c0 + step <= n; c0 += step) Block<BLOCK, false>::run(a, r0, r1, c0, 0);
+  const int64_t rest = n - c0;
+  if (rest > 0)
+    LastBlock<Block, BLOCK - 1>::run(a, r0, r1, c0, int(rest / kW), int(rest % kW));
+}
+
+template <int NF, bool TAIL>
+struct SpmmBlock {
+  static void run(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
+    if (a.perm) spmm_block<NF, TAIL, true>(a, r0, r1, c0, tail);
+    else spmm_block<NF, TAIL, false>(a, r0, r1, c0, tail);
+  }
+};
+
+template <int NF, bool TAIL>
+struct SddmmFirstBlock {
+  static void run(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
+    sddmm_block<NF, TAIL, false>(a, r0, r1, c0, tail);
+  }
+};
+
+template <int NF, bool TAIL>
+struct SddmmNextBlock {
+  static void run(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
+    sddmm_block<NF, TAIL, true>(a, r0, r1, c0, tail);
+  }
+};
+
+void spmm_rows(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1) {
+  if (a.n == 0) return;
+  for_each_block<Vec::spmm_block, SpmmBlock>(a, r0, r1, a.n);
+}
+
+void sddmm_rows(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1) {
+  const int64_t k0 = a.indptr[r0], k1 = a.indptr[r1];
+  if (a.n == 0) {
+    for (int64_t k = k0; k < k1; ++k) a.out[k] = 0.0f;
+    return;
+  }
+  // The first batch block writes the dot products, later blocks add to them.
+  constexpr int64_t step = int64_t(Vec::sddmm_block) * kW;
+  const int64_t first = min64(a.n, step);
+  for_each_block<Vec::sddmm_block, SddmmFirstBlock>(a, r0, r1, first);
+  for (int64_t c0 = step; c0 < a.n; c0 += step) {
+    sparseprop::SddmmArgs shifted = a;
+    shifted.dy += c0;
+    shifted.x += c0;
+    for_each_block<Vec::sddmm_block, SddmmNextBlock>(shifted, r0, r1, min64(a.n - c0, step));
+  }
+}

@@ -1,0 +1,18 @@
+// neon kernels: simd/neon.h's Vec plugged into the shared kernel bodies.
+#include <cstdint>
+#include <arm_neon.h>
+#include <cstring>
+
+#include "kernels.h"
+
+namespace {  // internal linkage: this ISA's copies stay private to this object
+#include "simd/neon.h"
+#include "kernels/linear_impl.h"
+}  // namespace
+
+namespace sparseprop {
+const KernelTable& neon_kernels() {
+  static const KernelTable table{"neon", spmm_rows, sddmm_rows};
+  return table;
+}
+}  // namespace sparseprop

@@ -1,0 +1,21 @@
+// A small persistent thread pool for the kernels.
+//
+// Why not OpenMP: torch ships its own libgomp, and a second OpenMP runtime in
+// the same process would keep its own spinning threads, fighting torch's on a
+// 2-core device. Our workers spin briefly after a job (kernels come in quick
+// succession during a training step), then sleep on a condition variable.
+#pragma once
+#include <cstdint>
+
+namespace sparseprop {
+
+using TaskFn = void (*)(void* ctx, int thread_id, int num_threads);
+
+// Runs fn(ctx, t, n) for t in [0, n) on n threads (the caller is thread 0) and
+// returns when all are done. Calls from several Python threads are serialized.
+void parallel_run(int num_threads, TaskFn fn, void* ctx);
+
+// Upper bound on useful threads (hardware concurrency, at least 1).
+int max_threads();
+
+}  // namespace sparseprop

@@ -1,0 +1,38 @@
+"""sparseprop: fast CPU training with unstructured-sparse weights.
+
+Vectorized CSR kernels (scalar, AVX2, AVX-512, NEON; chosen at import) behind
+drop-in PyTorch layers. See ``show_config()`` for the path in use.
+"""
+__version__ = "0.1.0"
+
+from ._backend import (  # noqa: E402
+    available_isas,
+    config,
+    get_isa,
+    get_num_threads,
+    set_isa,
+    set_num_threads,
+    show_config,
+    use_isa,
+    _apply_isa_env,
+)
+from .csr import CSRPattern  # noqa: E402
+from .modules import SparseLinear  # noqa: E402
+from . import functional  # noqa: E402
+
+_apply_isa_env()
+
+__all__ = [
+    "CSRPattern",
+    "SparseLinear",
+    "available_isas",
+    "config",
+    "functional",
+    "get_isa",
+    "get_num_threads",
+    "set_isa",
+    "set_num_threads",
+    "show_config",
+    "use_isa",
+    "__version__",
+]

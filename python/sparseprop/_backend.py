@@ -1,0 +1,123 @@
+"""Bridge to the native core: ISA choice, thread count, tensor -> buffer checks."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from . import _C
+
+ISA_ENV_VAR = "SPARSEPROP_ISA"
+_forced_threads: Optional[int] = None
+
+
+def available_isas() -> List[str]:
+    """ISAs this build and this CPU can run, best last (``scalar`` always first)."""
+    return list(_C.available_isas())
+
+
+def get_isa() -> str:
+    """The ISA whose kernels run now."""
+    return _C.active_isa()
+
+
+def set_isa(name: Optional[str]) -> None:
+    """Force a kernel path by name (``scalar``, ``avx2``, ``avx512``, ``neon``).
+
+    ``None`` or ``"auto"`` returns to the best path this CPU supports. Raises
+    ValueError for an unknown name and RuntimeError for a path this CPU or build
+    cannot run.
+    """
+    _C.set_isa("auto" if name is None else str(name).lower())
+
+
+@contextlib.contextmanager
+def use_isa(name: Optional[str]) -> Iterator[None]:
+    """Context manager that forces ``name`` and restores the previous path."""
+    previous = get_isa()
+    set_isa(name)
+    try:
+        yield
+    finally:
+        set_isa(previous)
+
+
+def set_num_threads(n: Optional[int]) -> None:
+    """Use ``n`` threads in the sparse kernels from the next call on.
+
+    ``None`` returns to the default, which follows ``torch.get_num_threads()``.
+    Results do not depend on the thread count.
+    """
+    global _forced_threads
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"number of threads must be a positive int or None, got {n!r}")
+    _forced_threads = n
+
+
+def get_num_threads() -> int:
+    """Threads the next kernel call will use."""
+    return _forced_threads if _forced_threads is not None else torch.get_num_threads()
+
+
+def config() -> dict:
+    """Everything :func:`show_config` prints, as a dict."""
+    build = _C.build_info()
+    return {
+        "version": _version(),
+        "active_isa": get_isa(),
+        "available_isas": available_isas(),
+        "compiled_isas": list(build["compiled_isas"]),
+        "isa_forced_by_env": os.environ.get(ISA_ENV_VAR) or None,
+        "cpu_features": dict(_C.cpu_features()),
+        "num_threads": get_num_threads(),
+        "threads_follow_torch": _forced_threads is None,
+        "hardware_threads": _C.max_threads(),
+        "compiler": build["compiler"],
+        "build_flags": build["flags"].strip(),
+        "arch": build["arch"],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def show_config() -> None:
+    """Print the kernel path, the available paths, CPU features, threads and build."""
+    c = config()
+    features = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in c["cpu_features"].items())
+    threads = "follows torch.get_num_threads()" if c["threads_follow_torch"] else "set_num_threads"
+    lines = [
+        f"sparseprop {c['version']} ({c['arch']})",
+        f"  active ISA:     {c['active_isa']}"
+        + (f" (SPARSEPROP_ISA={c['isa_forced_by_env']})" if c["isa_forced_by_env"] else ""),
+        f"  available ISAs: {', '.join(c['available_isas'])}",
+        f"  compiled ISAs:  {', '.join(c['compiled_isas'])}",
+        f"  CPU features:   {features}",
+        f"  threads:        {c['num_threads']} ({threads}; {c['hardware_threads']} hardware)",
+        f"  compiler:       {c['compiler']}  flags: {c['build_flags']}",
+        f"  torch {c['torch']}, numpy {c['numpy']}",
+    ]
+    print("\n".join(lines))
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _apply_isa_env() -> None:
+    value = os.environ.get(ISA_ENV_VAR)
+    if value:
+        try:
+            set_isa(value)
+        except (ValueError, RuntimeError) as err:
+            raise RuntimeError(f"{ISA_ENV_VAR}={value!r} cannot be used: {err}") from None
+
+
+def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    """Zero-copy numpy view of a CPU tensor (None passes through)."""
+    return None if t is None else t.detach().numpy()

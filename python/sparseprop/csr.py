@@ -1,0 +1,153 @@
+"""CSR sparsity patterns: construction from masks, validation, the transposed pattern."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import _C
+
+INDEX_LIMIT = 2**31 - 1  # column indices are stored as int32
+
+
+def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
+    """Return ``sparsity`` as a float, or raise ValueError if it is not in [0, 1]."""
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number in [0, 1], got {sparsity!r}") from None
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {sparsity!r}")
+    return value
+
+
+def nnz_for(sparsity: float, numel: int) -> int:
+    """How many weights survive at ``sparsity`` (rounded to the nearest integer)."""
+    return int(round((1.0 - sparsity) * numel))
+
+
+class CSRPattern:
+    """The nonzero positions of a (rows, cols) matrix in CSR form.
+
+    ``indptr`` (int64, rows + 1) and ``indices`` (int32, nnz, sorted within each
+    row) are validated on construction. The transposed pattern used by the input
+    gradient (``t_indptr``, ``t_indices``, and ``t_perm``: where each transposed
+    nonzero sits in the values array) is computed on first use.
+    """
+
+    __slots__ = ("rows", "cols", "indptr", "indices", "_t", "_np")
+
+    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, shape: Tuple[int, int],
+                 *, transposed: Optional[Tuple[torch.Tensor, ...]] = None) -> None:
+        rows, cols = int(shape[0]), int(shape[1])
+        if rows < 0 or cols < 0:
+            raise ValueError(f"pattern shape must be non-negative, got {shape}")
+        if cols > INDEX_LIMIT:
+            raise ValueError(f"at most {INDEX_LIMIT} columns are supported, got {cols}")
+        self.rows, self.cols = rows, cols
+        self.indptr = _as_index(indptr, torch.int64, "indptr")
+        self.indices = _as_index(indices, torch.int32, "indices", upper=INDEX_LIMIT)
+        _C.check_csr(self.indptr.numpy(), self.indices.numpy(), rows, cols)
+        self._np = (self.indptr.numpy(), self.indices.numpy())
+        self._t = None
+        if transposed is not None:
+            self._t = tuple(t.contiguous() for t in transposed)
+
+    # construction -----------------------------------------------------------------
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> "CSRPattern":
+        """Pattern of the nonzero (or True) entries of a 2-D mask."""
+        if mask.dim() != 2:
+            raise ValueError(f"mask must be 2-D, got shape {tuple(mask.shape)}")
+        mask = mask.detach().to("cpu") != 0
+        counts = mask.sum(dim=1)
+        indptr = torch.zeros(mask.shape[0] + 1, dtype=torch.int64)
+        torch.cumsum(counts, dim=0, out=indptr[1:])
+        indices = mask.nonzero()[:, 1].to(torch.int32)  # row-major, so sorted per row
+        return cls(indptr, indices, tuple(mask.shape))
+
+    @classmethod
+    def random(cls, rows: int, cols: int, sparsity: float,
+               generator: Optional[torch.Generator] = None) -> "CSRPattern":
+        """Uniformly random positions with exactly ``round((1 - sparsity) * rows * cols)`` nonzeros."""
+        sparsity = check_sparsity(sparsity)
+        numel = rows * cols
+        nnz = nnz_for(sparsity, numel)
+        flat = torch.randperm(numel, generator=generator)[:nnz].sort().values
+        row_of = torch.div(flat, max(cols, 1), rounding_mode="floor")
+        counts = torch.bincount(row_of, minlength=rows)
+        indptr = torch.zeros(rows + 1, dtype=torch.int64)
+        torch.cumsum(counts, dim=0, out=indptr[1:])
+        return cls(indptr, (flat - row_of * cols).to(torch.int32), (rows, cols))
+
+    # properties ----------------------------------------------------------------------
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def sparsity(self) -> float:
+        numel = self.rows * self.cols
+        return 1.0 - self.nnz / numel if numel else 0.0
+
+    def row_indices(self) -> torch.Tensor:
+        """Row of each nonzero (int64), in storage order."""
+        counts = self.indptr[1:] - self.indptr[:-1]
+        return torch.repeat_interleave(torch.arange(self.rows), counts)
+
+    @property
+    def transposed(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(t_indptr, t_indices, t_perm)``: the pattern of the transpose."""
+        if self._t is None:
+            t_indptr, t_indices, perm = _C.transpose_csr(*self._np, self.cols)
+            self._t = (torch.from_numpy(t_indptr), torch.from_numpy(t_indices),
+                       torch.from_numpy(perm))
+        return self._t
+
+    def numpy(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(indptr, indices) as numpy views, ready for the native kernels."""
+        return self._np
+
+    # dense conversions -----------------------------------------------------------------
+    def gather(self, dense: torch.Tensor) -> torch.Tensor:
+        """Values of a dense (rows, cols) tensor at the pattern's positions."""
+        if tuple(dense.shape) != self.shape:
+            raise ValueError(f"expected a tensor of shape {self.shape}, got {tuple(dense.shape)}")
+        return dense[self.row_indices(), self.indices.long()]
+
+    def to_dense(self, values: torch.Tensor) -> torch.Tensor:
+        """Dense (rows, cols) tensor with ``values`` at the pattern (differentiable)."""
+        if values.shape != (self.nnz,):
+            raise ValueError(f"values must have shape ({self.nnz},), got {tuple(values.shape)}")
+        flat = self.row_indices() * self.cols + self.indices.long()
+        dense = values.new_zeros(self.rows * self.cols)
+        return dense.index_put((flat,), values).view(self.rows, self.cols)
+
+    def mask(self) -> torch.Tensor:
+        """Boolean (rows, cols) mask of the pattern."""
+        return self.to_dense(torch.ones(self.nnz)).bool()
+
+    def __repr__(self) -> str:
+        return f"CSRPattern(shape={self.shape}, nnz={self.nnz}, sparsity={self.sparsity:.4f})"
+
+
+def _as_index(t: torch.Tensor, dtype: torch.dtype, name: str, upper: Optional[int] = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(np.asarray(t))
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got device {t.device}")
+    if t.dtype != dtype:
+        # Range-check before narrowing so a huge value cannot wrap into a valid one.
+        if upper is not None and t.numel() and (int(t.max()) > upper or int(t.min()) < -upper):
+            raise ValueError(f"{name} has values outside the int32 range")
+        t = t.to(dtype)
+    return t.detach().contiguous()

@@ -1,0 +1,90 @@
+"""Autograd functions over the native CSR kernels."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _C
+from ._backend import as_numpy, get_num_threads
+from .csr import CSRPattern
+
+
+def check_float32_cpu(t: torch.Tensor, name: str) -> None:
+    """Raise if ``t`` is not a float32 CPU tensor: the one type the kernels compute in."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got device {t.device}; sparseprop runs on CPUs only")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {t.dtype}; sparseprop computes in float32 "
+                        f"(convert with .float())")
+
+
+class _SparseLinearFn(torch.autograd.Function):
+    """y = x W^T + b with W in CSR. Tensors cross to the kernels feature-major:
+    x^T is (in, N), y^T is (out, N), so every kernel vectorizes over the batch.
+    The output is returned as a transposed view of y^T, which the next sparse
+    layer can read without a copy."""
+
+    @staticmethod
+    def forward(ctx, x2d, values, bias, pattern: CSRPattern):
+        indptr, indices = pattern.numpy()
+        xt = x2d.t().contiguous()
+        yt = torch.empty(pattern.rows, x2d.shape[0], dtype=torch.float32)
+        _C.spmm(indptr, indices, as_numpy(values), None, as_numpy(bias), as_numpy(xt),
+                as_numpy(yt), get_num_threads())
+        ctx.pattern = pattern
+        ctx.save_for_backward(xt, values)
+        return yt.t()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        pattern: CSRPattern = ctx.pattern
+        xt, values = ctx.saved_tensors
+        need_x, need_values, need_bias, _ = ctx.needs_input_grad
+        threads = get_num_threads()
+        gyt = grad_y.t().contiguous()  # (out, N); also materializes stride-0 gradients
+        grad_x = grad_values = grad_bias = None
+        if need_x:
+            t_indptr, t_indices, t_perm = pattern.transposed
+            gxt = torch.empty(pattern.cols, gyt.shape[1], dtype=torch.float32)
+            _C.spmm(as_numpy(t_indptr), as_numpy(t_indices), as_numpy(values), as_numpy(t_perm),
+                    None, as_numpy(gyt), as_numpy(gxt), threads)
+            grad_x = gxt.t()
+        if need_values:
+            indptr, indices = pattern.numpy()
+            grad_values = torch.empty(pattern.nnz, dtype=torch.float32)
+            _C.sddmm(indptr, indices, as_numpy(gyt), as_numpy(xt), as_numpy(grad_values), threads)
+        if need_bias:
+            grad_bias = gyt.sum(dim=1)
+        return grad_x, grad_values, grad_bias, None
+
+
+def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``input @ W.T + bias`` where W has nonzeros ``values`` at ``pattern`` (out, in).
+
+    ``input`` has shape (*, in_features) like for :func:`torch.nn.functional.linear`.
+    Gradients flow to ``input``, ``values`` and ``bias``; double backward is not supported.
+    """
+    if not isinstance(pattern, CSRPattern):
+        raise TypeError(f"pattern must be a sparseprop.CSRPattern, got {type(pattern).__name__}")
+    check_float32_cpu(input, "input")
+    check_float32_cpu(values, "values")
+    if values.shape != (pattern.nnz,):
+        raise ValueError(f"values must have shape ({pattern.nnz},) to match the pattern, "
+                         f"got {tuple(values.shape)}")
+    if bias is not None:
+        check_float32_cpu(bias, "bias")
+        if bias.shape != (pattern.rows,):
+            raise ValueError(f"bias must have shape ({pattern.rows},), got {tuple(bias.shape)}")
+    if input.dim() == 0 or input.shape[-1] != pattern.cols:
+        raise ValueError(f"input must have shape (*, {pattern.cols}), got {tuple(input.shape)}")
+    lead = input.shape[:-1]
+    x2d = input.reshape(-1, pattern.cols)
+    y2d = _SparseLinearFn.apply(x2d, values.contiguous(),
+                                None if bias is None else bias.contiguous(), pattern)
+    return y2d.reshape(*lead, pattern.rows)
