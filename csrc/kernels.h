@@ -7,9 +7,10 @@
 
 namespace sparseprop {
 
-// Y[r, :] = bias[r] + sum_k W(r, indices[k]) * X[indices[k], :] for rows of a CSR
-// matrix. values[perm[k]] is used when perm is set (the transposed pattern
-// reads the original values in place, so the input gradient is a gather).
+// Y[r, :] = bias[r] + sum_k values[k] * X[indices[k], :] for rows of a CSR matrix.
+// When perm is set, values[perm[k]] is meant instead: the transposed pattern of
+// the input gradient reads the original values. The threaded entry point
+// gathers them into a contiguous buffer first; kernels never see perm.
 struct SpmmArgs {
   const int64_t* indptr;
   const int32_t* indices;
@@ -35,6 +36,14 @@ struct SddmmArgs {
   int64_t n;
 };
 
+// dst (cols, rows) = src (rows, cols)^T; both row-major with leading dimensions.
+struct TransposeArgs {
+  const float* src;
+  int64_t rows, cols, ld_src;
+  float* dst;
+  int64_t ld_dst;
+};
+
 // Each kernel processes the rows [row_begin, row_end); threading is the caller's job.
 using SpmmRowsFn = void (*)(const SpmmArgs&, int64_t row_begin, int64_t row_end);
 using SddmmRowsFn = void (*)(const SddmmArgs&, int64_t row_begin, int64_t row_end);
@@ -43,6 +52,8 @@ struct KernelTable {
   const char* isa;
   SpmmRowsFn spmm;
   SddmmRowsFn sddmm;
+  // Transposes the source columns [col_begin, col_end), i.e. those dst rows.
+  void (*transpose)(const TransposeArgs&, int64_t col_begin, int64_t col_end);
 };
 
 // Defined in kernels/<isa>.cc; the SIMD ones exist only where compiled.

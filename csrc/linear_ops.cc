@@ -1,6 +1,7 @@
 #include "linear_ops.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "csr.h"
@@ -10,48 +11,81 @@
 namespace sparseprop {
 namespace {
 
-// Below this many multiply-adds a second thread costs more than it saves.
+// Below this many multiply-adds (or copied floats) per thread, a second thread
+// costs more than it saves.
 constexpr int64_t kMinWorkPerThread = 1 << 15;
 
-int threads_for(const int64_t* indptr, int64_t rows, int64_t n, int requested) {
-  const int64_t work = (indptr[rows] + rows) * std::max<int64_t>(n, 1);
+int threads_for(int64_t work, int64_t max_parts, int requested) {
   const int64_t useful = std::max<int64_t>(1, work / kMinWorkPerThread);
   return int(std::min<int64_t>({int64_t(std::max(requested, 1)), useful, int64_t(max_threads()),
-                                std::max<int64_t>(rows, 1)}));
+                                std::max<int64_t>(max_parts, 1)}));
 }
 
-template <class Args, class Fn>
-struct Job {
-  const Args* args;
-  Fn kernel;
-  const int64_t* bounds;
-  static void run(void* ctx, int t, int) {
-    auto* job = static_cast<Job*>(ctx);
-    if (job->bounds[t] < job->bounds[t + 1]) job->kernel(*job->args, job->bounds[t], job->bounds[t + 1]);
-  }
-};
-
-template <class Args, class Fn>
-void run_rows(const Args& args, Fn kernel, int64_t rows, int num_threads) {
-  const int n = threads_for(args.indptr, rows, args.n, num_threads);
+// Runs body(begin, end) over [0, n) split at bounds (n_threads + 1 entries).
+template <class Body>
+void run_split(const std::vector<int64_t>& bounds, const Body& body) {
+  const int n = int(bounds.size()) - 1;
   if (n == 1) {
-    kernel(args, 0, rows);
+    body(bounds[0], bounds[1]);
     return;
   }
-  std::vector<int64_t> bounds(size_t(n) + 1);
-  balance_rows(args.indptr, rows, n, bounds.data());
-  Job<Args, Fn> job{&args, kernel, bounds.data()};
-  parallel_run(n, &Job<Args, Fn>::run, &job);
+  struct Ctx {
+    const std::vector<int64_t>* bounds;
+    const Body* body;
+  } ctx{&bounds, &body};
+  parallel_run(n, [](void* p, int t, int) {
+    auto* c = static_cast<Ctx*>(p);
+    const int64_t b = (*c->bounds)[t], e = (*c->bounds)[t + 1];
+    if (b < e) (*c->body)(b, e);
+  }, &ctx);
+}
+
+std::vector<int64_t> even_split(int64_t n, int parts) {
+  std::vector<int64_t> bounds(size_t(parts) + 1);
+  for (int p = 0; p <= parts; ++p) bounds[p] = n * p / parts;
+  return bounds;
+}
+
+std::vector<int64_t> nnz_split(const int64_t* indptr, int64_t rows, int parts) {
+  std::vector<int64_t> bounds(size_t(parts) + 1);
+  balance_rows(indptr, rows, parts, bounds.data());
+  return bounds;
+}
+
+int row_threads(const int64_t* indptr, int64_t rows, int64_t n, int requested) {
+  return threads_for((indptr[rows] + rows) * std::max<int64_t>(n, 1), rows, requested);
 }
 
 }  // namespace
 
 void spmm(const SpmmArgs& args, int64_t rows, int num_threads) {
-  run_rows(args, active_kernels().spmm, rows, num_threads);
+  const int n = row_threads(args.indptr, rows, args.n, num_threads);
+  SpmmArgs a = args;
+  std::unique_ptr<float[]> gathered;
+  if (args.perm) {
+    const int64_t nnz = args.indptr[rows];
+    gathered.reset(new float[size_t(std::max<int64_t>(nnz, 1))]);
+    float* out = gathered.get();
+    run_split(even_split(nnz, threads_for(nnz, nnz, num_threads)), [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) out[k] = args.values[args.perm[k]];
+    });
+    a.values = out;
+    a.perm = nullptr;
+  }
+  const SpmmRowsFn kernel = active_kernels().spmm;
+  run_split(nnz_split(a.indptr, rows, n), [&](int64_t b, int64_t e) { kernel(a, b, e); });
 }
 
 void sddmm(const SddmmArgs& args, int64_t rows, int num_threads) {
-  run_rows(args, active_kernels().sddmm, rows, num_threads);
+  const int n = row_threads(args.indptr, rows, args.n, num_threads);
+  const SddmmRowsFn kernel = active_kernels().sddmm;
+  run_split(nnz_split(args.indptr, rows, n), [&](int64_t b, int64_t e) { kernel(args, b, e); });
+}
+
+void transpose(const TransposeArgs& args, int num_threads) {
+  const int n = threads_for(args.rows * args.cols, args.cols, num_threads);
+  const auto kernel = active_kernels().transpose;
+  run_split(even_split(args.cols, n), [&](int64_t b, int64_t e) { kernel(args, b, e); });
 }
 
 }  // namespace sparseprop

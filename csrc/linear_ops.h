@@ -1,4 +1,4 @@
-// Threaded entry points: split rows by nonzero count, run the active ISA's kernel.
+// Threaded entry points: split the work, run the active ISA's kernels.
 #pragma once
 #include <cstdint>
 
@@ -6,7 +6,10 @@
 
 namespace sparseprop {
 
+// Rows are split across threads by nonzero count. With args.perm set, the
+// values are first gathered into pattern order (one pass, not one per block).
 void spmm(const SpmmArgs& args, int64_t rows, int num_threads);
 void sddmm(const SddmmArgs& args, int64_t rows, int num_threads);
+void transpose(const TransposeArgs& args, int num_threads);
 
 }  // namespace sparseprop

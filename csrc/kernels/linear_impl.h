@@ -20,38 +20,32 @@ inline Reg load_lane_block(const float* p, int u, int tail) {
   return (TAIL && u == NF) ? Vec::load_partial(p + u * kW, tail) : Vec::load(p + u * kW);
 }
 
-template <int NF, bool TAIL, bool PERM>
+template <int NF, bool TAIL>
 void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
   constexpr int NV = NF + (TAIL ? 1 : 0);
+  // Narrow blocks get a second accumulator set (even / odd nonzeros) so there
+  // are enough independent FMA chains to hide the FMA latency.
+  constexpr int SETS = NV >= 4 ? 1 : 2;
   for (int64_t r = r0; r < r1; ++r) {
-    // Two accumulator sets (even / odd nonzeros) halve the FMA dependency chains.
-    Reg acc0[NV], acc1[NV];
+    Reg acc[SETS][NV];
     const Reg init = a.bias ? Vec::set1(a.bias[r]) : Vec::zero();
     for (int u = 0; u < NV; ++u) {
-      acc0[u] = init;
-      acc1[u] = Vec::zero();
+      acc[0][u] = init;
+      if (SETS == 2) acc[SETS - 1][u] = Vec::zero();
     }
-    int64_t k = a.indptr[r];
-    const int64_t end = a.indptr[r + 1];
-    for (; k + 1 < end; k += 2) {
-      const Reg w0 = Vec::set1(a.values[PERM ? a.perm[k] : k]);
-      const Reg w1 = Vec::set1(a.values[PERM ? a.perm[k + 1] : k + 1]);
-      const float* x0 = a.x + a.indices[k] * a.ldx + c0;
-      const float* x1 = a.x + a.indices[k + 1] * a.ldx + c0;
-      for (int u = 0; u < NV; ++u) {
-        acc0[u] = Vec::fma(w0, load_lane_block<NF, TAIL>(x0, u, tail), acc0[u]);
-        acc1[u] = Vec::fma(w1, load_lane_block<NF, TAIL>(x1, u, tail), acc1[u]);
-      }
-    }
-    if (k < end) {
-      const Reg w0 = Vec::set1(a.values[PERM ? a.perm[k] : k]);
-      const float* x0 = a.x + a.indices[k] * a.ldx + c0;
-      for (int u = 0; u < NV; ++u)
-        acc0[u] = Vec::fma(w0, load_lane_block<NF, TAIL>(x0, u, tail), acc0[u]);
+    const int64_t begin = a.indptr[r], end = a.indptr[r + 1];
+    for (int64_t k = begin; k < end; ++k) {
+      const Reg w = Vec::set1(a.values[k]);
+      const float* x = a.x + a.indices[k] * a.ldx + c0;
+      Reg* accs = acc[SETS == 2 ? ((k - begin) & 1) : 0];
+      for (int u = 0; u < NV; ++u) accs[u] = Vec::fma(w, load_lane_block<NF, TAIL>(x, u, tail), accs[u]);
     }
     float* y = a.y + r * a.ldy + c0;
-    for (int u = 0; u < NF; ++u) Vec::store(y + u * kW, Vec::add(acc0[u], acc1[u]));
-    if (TAIL) Vec::store_partial(y + NF * kW, Vec::add(acc0[NF], acc1[NF]), tail);
+    for (int u = 0; u < NV; ++u) {
+      const Reg sum = SETS == 2 ? Vec::add(acc[0][u], acc[SETS - 1][u]) : acc[0][u];
+      if (TAIL && u == NF) Vec::store_partial(y + u * kW, sum, tail);
+      else Vec::store(y + u * kW, sum);
+    }
   }
 }
 
@@ -111,8 +105,7 @@ void for_each_block(const Args& a, int64_t r0, int64_t r1, int64_t n) {
 template <int NF, bool TAIL>
 struct SpmmBlock {
   static void run(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
-    if (a.perm) spmm_block<NF, TAIL, true>(a, r0, r1, c0, tail);
-    else spmm_block<NF, TAIL, false>(a, r0, r1, c0, tail);
+    spmm_block<NF, TAIL>(a, r0, r1, c0, tail);
   }
 };
 

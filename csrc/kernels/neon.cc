@@ -8,11 +8,12 @@
 namespace {  // internal linkage: this ISA's copies stay private to this object
 #include "simd/neon.h"
 #include "kernels/linear_impl.h"
+#include "kernels/transpose_impl.h"
 }  // namespace
 
 namespace sparseprop {
 const KernelTable& neon_kernels() {
-  static const KernelTable table{"neon", spmm_rows, sddmm_rows};
+  static const KernelTable table{"neon", spmm_rows, sddmm_rows, transpose_cols};
   return table;
 }
 }  // namespace sparseprop

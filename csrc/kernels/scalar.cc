@@ -7,11 +7,12 @@
 namespace {  // internal linkage: this ISA's copies stay private to this object
 #include "simd/scalar.h"
 #include "kernels/linear_impl.h"
+#include "kernels/transpose_impl.h"
 }  // namespace
 
 namespace sparseprop {
 const KernelTable& scalar_kernels() {
-  static const KernelTable table{"scalar", spmm_rows, sddmm_rows};
+  static const KernelTable table{"scalar", spmm_rows, sddmm_rows, transpose_cols};
   return table;
 }
 }  // namespace sparseprop

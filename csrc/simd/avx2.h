@@ -5,7 +5,7 @@
 struct Vec {
   using reg = __m256;
   static constexpr int width = 8;
-  static constexpr int spmm_block = 4;   // 4 x 8 floats, two accumulator sets = 8 ymm
+  static constexpr int spmm_block = 8;   // 8 x 8 floats of accumulators per row
   static constexpr int sddmm_block = 8;  // dY block lives in 8 of the 16 ymm registers
   static reg zero() { return _mm256_setzero_ps(); }
   static reg set1(float v) { return _mm256_set1_ps(v); }

@@ -6,7 +6,7 @@
 struct Vec {
   using reg = float32x4_t;
   static constexpr int width = 4;
-  static constexpr int spmm_block = 4;   // 4 x 4 floats, two accumulator sets = 8 q registers
+  static constexpr int spmm_block = 8;   // 8 x 4 floats of accumulators per row
   static constexpr int sddmm_block = 8;  // dY block lives in 8 of the 32 q registers
   static reg zero() { return vdupq_n_f32(0.0f); }
   static reg set1(float v) { return vdupq_n_f32(v); }

@@ -22,6 +22,20 @@ def check_float32_cpu(t: torch.Tensor, name: str) -> None:
                         f"(convert with .float())")
 
 
+def feature_major(x2d: torch.Tensor) -> torch.Tensor:
+    """(C, N) contiguous tensor holding x2d^T, for an (N, C) matrix x2d.
+
+    Free when x2d is itself a transposed view of such a tensor, which is what
+    sparse layers return; otherwise one threaded, cache-blocked transpose."""
+    xt = x2d.t()
+    if xt.is_contiguous():
+        return xt
+    src = x2d.contiguous()
+    out = torch.empty(xt.shape, dtype=torch.float32)
+    _C.transpose(as_numpy(src), as_numpy(out), get_num_threads())
+    return out
+
+
 class _SparseLinearFn(torch.autograd.Function):
     """y = x W^T + b with W in CSR. Tensors cross to the kernels feature-major:
     x^T is (in, N), y^T is (out, N), so every kernel vectorizes over the batch.
@@ -29,13 +43,14 @@ class _SparseLinearFn(torch.autograd.Function):
     layer can read without a copy."""
 
     @staticmethod
-    def forward(ctx, x2d, values, bias, pattern: CSRPattern):
+    def forward(ctx, x2d, values, bias, pattern: CSRPattern, contiguous_grad_x: bool):
         indptr, indices = pattern.numpy()
-        xt = x2d.t().contiguous()
+        xt = feature_major(x2d)
         yt = torch.empty(pattern.rows, x2d.shape[0], dtype=torch.float32)
         _C.spmm(indptr, indices, as_numpy(values), None, as_numpy(bias), as_numpy(xt),
                 as_numpy(yt), get_num_threads())
         ctx.pattern = pattern
+        ctx.contiguous_grad_x = contiguous_grad_x
         ctx.save_for_backward(xt, values)
         return yt.t()
 
@@ -44,23 +59,25 @@ class _SparseLinearFn(torch.autograd.Function):
     def backward(ctx, grad_y):
         pattern: CSRPattern = ctx.pattern
         xt, values = ctx.saved_tensors
-        need_x, need_values, need_bias, _ = ctx.needs_input_grad
+        need_x, need_values, need_bias = ctx.needs_input_grad[:3]
         threads = get_num_threads()
-        gyt = grad_y.t().contiguous()  # (out, N); also materializes stride-0 gradients
+        gyt = feature_major(grad_y)  # (out, N); also materializes stride-0 gradients
         grad_x = grad_values = grad_bias = None
         if need_x:
             t_indptr, t_indices, t_perm = pattern.transposed
             gxt = torch.empty(pattern.cols, gyt.shape[1], dtype=torch.float32)
             _C.spmm(as_numpy(t_indptr), as_numpy(t_indices), as_numpy(values), as_numpy(t_perm),
                     None, as_numpy(gyt), as_numpy(gxt), threads)
-            grad_x = gxt.t()
+            # A leaf input would have torch copy the transposed view into a
+            # contiguous .grad (slowly); everyone else takes the view for free.
+            grad_x = feature_major(gxt) if ctx.contiguous_grad_x else gxt.t()
         if need_values:
             indptr, indices = pattern.numpy()
             grad_values = torch.empty(pattern.nnz, dtype=torch.float32)
             _C.sddmm(indptr, indices, as_numpy(gyt), as_numpy(xt), as_numpy(grad_values), threads)
         if need_bias:
             grad_bias = gyt.sum(dim=1)
-        return grad_x, grad_values, grad_bias, None
+        return grad_x, grad_values, grad_bias, None, None
 
 
 def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor,
@@ -86,5 +103,6 @@ def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor
     lead = input.shape[:-1]
     x2d = input.reshape(-1, pattern.cols)
     y2d = _SparseLinearFn.apply(x2d, values.contiguous(),
-                                None if bias is None else bias.contiguous(), pattern)
+                                None if bias is None else bias.contiguous(), pattern,
+                                input.is_leaf and input.requires_grad)
     return y2d.reshape(*lead, pattern.rows)
