@@ -6,7 +6,7 @@ struct Vec {
   using reg = __m512;
   static constexpr int width = 16;
   static constexpr int spmm_block = 8;   // 8 x 16 floats of accumulators per row
-  static constexpr int sddmm_block = 8;  // dY block lives in 8 of the 32 zmm registers
+  static constexpr int sddmm_block = 16;  // dY block lives in 16 of the 32 zmm registers
   static reg zero() { return _mm512_setzero_ps(); }
   static reg set1(float v) { return _mm512_set1_ps(v); }
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
