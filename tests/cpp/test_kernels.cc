@@ -1,0 +1,146 @@
+// Every kernel of every ISA this CPU runs, against naive loops, on a seeded grid
+// of shapes, sparsities and batch tails. No Python: runs under qemu for NEON.
+// Exit status is the number of failing cases (0 = all passed).
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "csr.h"
+#include "dispatch.h"
+#include "linear_ops.h"
+
+using namespace sparseprop;
+
+namespace {
+
+struct Pattern {
+  int64_t rows, cols;
+  std::vector<int64_t> indptr;
+  std::vector<int32_t> indices;
+  std::vector<float> values;
+};
+
+Pattern random_pattern(int64_t rows, int64_t cols, double density, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::bernoulli_distribution keep(density);
+  Pattern p{rows, cols, {0}, {}, {}};
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c)
+      if (keep(rng)) {
+        p.indices.push_back(int32_t(c));
+        p.values.push_back(u(rng));
+      }
+    p.indptr.push_back(int64_t(p.indices.size()));
+  }
+  return p;
+}
+
+std::vector<float> random_vector(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = u(rng);
+  return v;
+}
+
+int failures = 0;
+
+void expect_close(const std::vector<float>& got, const std::vector<double>& want, double scale,
+                  const std::string& what) {
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::fabs(got[i] - want[i]) > 1e-5 * scale + 1e-5 * std::fabs(want[i])) {
+      std::printf("FAIL %s at %zu: got %g want %g\n", what.c_str(), i, got[i], want[i]);
+      ++failures;
+      return;
+    }
+  }
+}
+
+void run_case(const std::string& isa, int64_t rows, int64_t cols, double density, int64_t n,
+              int threads, std::mt19937& rng) {
+  const Pattern p = random_pattern(rows, cols, density, rng);
+  const std::string what = isa + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+                           " density=" + std::to_string(density) + " n=" + std::to_string(n) +
+                           " threads=" + std::to_string(threads);
+  if (!check_csr(p.indptr.data(), rows, p.indices.data(), int64_t(p.indices.size()), cols).empty()) {
+    std::printf("FAIL %s: generated pattern rejected\n", what.c_str());
+    ++failures;
+    return;
+  }
+  const std::vector<float> x = random_vector(size_t(cols * n), rng);   // (cols, n)
+  const std::vector<float> dy = random_vector(size_t(rows * n), rng);  // (rows, n)
+  const std::vector<float> bias = random_vector(size_t(rows), rng);
+
+  // Forward: y = W x + bias.
+  std::vector<double> y_ref(size_t(rows * n));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = bias[r];
+      for (int64_t k = p.indptr[r]; k < p.indptr[r + 1]; ++k) s += double(p.values[k]) * x[p.indices[k] * n + j];
+      y_ref[r * n + j] = s;
+    }
+  std::vector<float> y(size_t(rows * n), NAN);
+  SpmmArgs fa{p.indptr.data(), p.indices.data(), p.values.data(), nullptr, bias.data(), x.data(), n,
+              y.data(), n, n};
+  spmm(fa, rows, threads);
+  expect_close(y, y_ref, double(cols), "spmm " + what);
+
+  // Input gradient through the transposed pattern: dx = W^T dy.
+  std::vector<int64_t> t_indptr(size_t(cols + 1)), perm(p.indices.size());
+  std::vector<int32_t> t_indices(p.indices.size());
+  transpose_csr(p.indptr.data(), rows, p.indices.data(), cols, t_indptr.data(), t_indices.data(), perm.data());
+  std::vector<double> dx_ref(size_t(cols * n), 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = p.indptr[r]; k < p.indptr[r + 1]; ++k)
+      for (int64_t j = 0; j < n; ++j) dx_ref[p.indices[k] * n + j] += double(p.values[k]) * dy[r * n + j];
+  std::vector<float> dx(size_t(cols * n), NAN);
+  SpmmArgs ba{t_indptr.data(), t_indices.data(), p.values.data(), perm.data(), nullptr, dy.data(), n,
+              dx.data(), n, n};
+  spmm(ba, cols, threads);
+  expect_close(dx, dx_ref, double(rows), "spmm^T " + what);
+
+  // Value gradient: dv[k] = dot(dy[r, :], x[c, :]).
+  std::vector<double> dv_ref(p.indices.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = p.indptr[r]; k < p.indptr[r + 1]; ++k) {
+      double s = 0.0;
+      for (int64_t j = 0; j < n; ++j) s += double(dy[r * n + j]) * x[p.indices[k] * n + j];
+      dv_ref[k] = s;
+    }
+  std::vector<float> dv(p.indices.size(), NAN);
+  SddmmArgs sa{p.indptr.data(), p.indices.data(), dy.data(), n, x.data(), n, dv.data(), n};
+  sddmm(sa, rows, threads);
+  expect_close(dv, dv_ref, double(n), "sddmm " + what);
+
+  // Transpose of x.
+  std::vector<float> xt(size_t(cols * n), NAN);
+  TransposeArgs ta{x.data(), cols, n, n, xt.data(), cols};
+  transpose(ta, threads);
+  std::vector<double> xt_ref(xt.size());
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < n; ++j) xt_ref[j * cols + i] = x[i * n + j];
+  expect_close(xt, xt_ref, 1.0, "transpose " + what);
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(1234);
+  const int64_t shapes[][2] = {{1, 1}, {3, 5}, {17, 33}, {64, 48}, {100, 7}, {130, 257}};
+  const double densities[] = {1.0, 0.5, 0.1, 0.01, 0.0};
+  const int64_t batches[] = {0, 1, 3, 4, 7, 8, 15, 16, 17, 33, 64, 127, 129, 257, 300};
+  int cases = 0;
+  for (const std::string& isa : available_isas()) {
+    set_isa(isa);
+    for (const auto& s : shapes)
+      for (double d : densities)
+        for (int64_t n : batches) {
+          run_case(isa, s[0], s[1], d, n, 1 + (cases % 2), rng);
+          ++cases;
+        }
+    std::printf("%-7s ok so far: %d cases, %d failures\n", isa.c_str(), cases, failures);
+  }
+  return failures == 0 ? 0 : 1;
+}
