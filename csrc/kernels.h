@@ -21,7 +21,14 @@ struct SpmmArgs {
   int64_t ldx;
   float* y;             // (rows, n), row stride ldy
   int64_t ldy;
-  int64_t n;            // batch length
+  int64_t n;            // batch length (vector length of one segment)
+  // Convolutions: x operand of nonzero k at x + offsets[k] instead of
+  // x + indices[k] * ldx, and the product repeated over `segments`, each
+  // shifting x and y by their segment strides.
+  const int64_t* offsets = nullptr;
+  int64_t segments = 1;
+  int64_t x_segment_stride = 0;
+  int64_t y_segment_stride = 0;
 };
 
 // out[k] = dot(DY[r, :], X[indices[k], :]) for every nonzero k of row r.
@@ -34,6 +41,11 @@ struct SddmmArgs {
   int64_t ldx;
   float* out;           // (nnz,)
   int64_t n;
+  // As for SpmmArgs; the dot products run over all segments.
+  const int64_t* offsets = nullptr;
+  int64_t segments = 1;
+  int64_t x_segment_stride = 0;
+  int64_t dy_segment_stride = 0;
 };
 
 // dst (cols, rows) = src (rows, cols)^T; both row-major with leading dimensions.

@@ -52,14 +52,14 @@ std::vector<int64_t> nnz_split(const int64_t* indptr, int64_t rows, int parts) {
   return bounds;
 }
 
-int row_threads(const int64_t* indptr, int64_t rows, int64_t n, int requested) {
-  return threads_for((indptr[rows] + rows) * std::max<int64_t>(n, 1), rows, requested);
+int row_threads(const int64_t* indptr, int64_t rows, int64_t n, int64_t segments, int requested) {
+  return threads_for((indptr[rows] + rows) * std::max<int64_t>(n * segments, 1), rows, requested);
 }
 
 }  // namespace
 
 void spmm(const SpmmArgs& args, int64_t rows, int num_threads) {
-  const int n = row_threads(args.indptr, rows, args.n, num_threads);
+  const int n = row_threads(args.indptr, rows, args.n, args.segments, num_threads);
   SpmmArgs a = args;
   std::unique_ptr<float[]> gathered;
   if (args.perm) {
@@ -77,7 +77,7 @@ void spmm(const SpmmArgs& args, int64_t rows, int num_threads) {
 }
 
 void sddmm(const SddmmArgs& args, int64_t rows, int num_threads) {
-  const int n = row_threads(args.indptr, rows, args.n, num_threads);
+  const int n = row_threads(args.indptr, rows, args.n, args.segments, num_threads);
   const SddmmRowsFn kernel = active_kernels().sddmm;
   run_split(nnz_split(args.indptr, rows, n), [&](int64_t b, int64_t e) { kernel(args, b, e); });
 }

@@ -8,7 +8,7 @@ namespace {  // internal linkage: this ISA's copies stay private to this object
 #include "simd/avx2.h"
 #include "simd/x86_transpose8.h"
 #define SPARSEPROP_HAVE_TRANSPOSE8 1
-#include "kernels/linear_impl.h"
+#include "kernels/csr_impl.h"
 #include "kernels/transpose_impl.h"
 }  // namespace
 

@@ -6,7 +6,7 @@
 
 namespace {  // internal linkage: this ISA's copies stay private to this object
 #include "simd/scalar.h"
-#include "kernels/linear_impl.h"
+#include "kernels/csr_impl.h"
 #include "kernels/transpose_impl.h"
 }  // namespace
 

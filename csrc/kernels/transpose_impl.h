@@ -1,4 +1,4 @@
-// Cache-blocked out-of-place transpose, included like linear_impl.h (inside the
+// Cache-blocked out-of-place transpose, included like csr_impl.h (inside the
 // ISA's anonymous namespace). Uses transpose8x8() when the ISA header has one.
 
 #ifndef SPARSEPROP_HAVE_TRANSPOSE8

@@ -36,7 +36,7 @@ class CSRPattern:
     nonzero sits in the values array) is computed on first use.
     """
 
-    __slots__ = ("rows", "cols", "indptr", "indices", "_t", "_np")
+    __slots__ = ("rows", "cols", "indptr", "indices", "_t", "_np", "_t_np")
 
     def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, shape: Tuple[int, int],
                  *, transposed: Optional[Tuple[torch.Tensor, ...]] = None) -> None:
@@ -50,7 +50,7 @@ class CSRPattern:
         self.indices = _as_index(indices, torch.int32, "indices", upper=INDEX_LIMIT)
         _C.check_csr(self.indptr.numpy(), self.indices.numpy(), rows, cols)
         self._np = (self.indptr.numpy(), self.indices.numpy())
-        self._t = None
+        self._t = self._t_np = None
         if transposed is not None:
             self._t = tuple(t.contiguous() for t in transposed)
 
@@ -74,7 +74,17 @@ class CSRPattern:
         sparsity = check_sparsity(sparsity)
         numel = rows * cols
         nnz = nnz_for(sparsity, numel)
-        flat = torch.randperm(numel, generator=generator)[:nnz].sort().values
+        # numpy samples without replacement in O(nnz) (torch.randperm is O(numel));
+        # the seed comes from torch's generator so torch.manual_seed governs it.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        rng = np.random.default_rng(seed)
+        if nnz <= numel // 2:
+            flat = np.sort(rng.choice(numel, nnz, replace=False, shuffle=False))
+        else:  # sample the zeros instead
+            keep = np.ones(numel, dtype=bool)
+            keep[rng.choice(numel, numel - nnz, replace=False, shuffle=False)] = False
+            flat = np.flatnonzero(keep)
+        flat = torch.from_numpy(flat.astype(np.int64))
         row_of = torch.div(flat, max(cols, 1), rounding_mode="floor")
         counts = torch.bincount(row_of, minlength=rows)
         indptr = torch.zeros(rows + 1, dtype=torch.int64)
@@ -112,6 +122,12 @@ class CSRPattern:
     def numpy(self) -> Tuple[np.ndarray, np.ndarray]:
         """(indptr, indices) as numpy views, ready for the native kernels."""
         return self._np
+
+    def transposed_numpy(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``transposed`` as numpy views."""
+        if self._t_np is None:
+            self._t_np = tuple(t.numpy() for t in self.transposed)
+        return self._t_np
 
     # dense conversions -----------------------------------------------------------------
     def gather(self, dense: torch.Tensor) -> torch.Tensor:

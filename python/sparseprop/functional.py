@@ -64,10 +64,10 @@ class _SparseLinearFn(torch.autograd.Function):
         gyt = feature_major(grad_y)  # (out, N); also materializes stride-0 gradients
         grad_x = grad_values = grad_bias = None
         if need_x:
-            t_indptr, t_indices, t_perm = pattern.transposed
+            t_indptr, t_indices, t_perm = pattern.transposed_numpy()
             gxt = torch.empty(pattern.cols, gyt.shape[1], dtype=torch.float32)
-            _C.spmm(as_numpy(t_indptr), as_numpy(t_indices), as_numpy(values), as_numpy(t_perm),
-                    None, as_numpy(gyt), as_numpy(gxt), threads)
+            _C.spmm(t_indptr, t_indices, as_numpy(values), t_perm, None, as_numpy(gyt),
+                    as_numpy(gxt), threads)
             # A leaf input would have torch copy the transposed view into a
             # contiguous .grad (slowly); everyone else takes the view for free.
             grad_x = feature_major(gxt) if ctx.contiguous_grad_x else gxt.t()

@@ -130,8 +130,9 @@ class SparseLinear(nn.Module):
 
     def _buffers_key(self):
         # Changes whenever a pattern buffer is replaced or modified in place.
-        return tuple((b.data_ptr(), b._version, tuple(b.shape))
-                     for b in (getattr(self, n) for n in _PATTERN_BUFFERS + _TRANSPOSED_BUFFERS))
+        buffers = self._buffers
+        return tuple((b.data_ptr(), b._version, b.shape)
+                     for b in (buffers[n] for n in _PATTERN_BUFFERS + _TRANSPOSED_BUFFERS))
 
     @property
     def pattern(self) -> CSRPattern:

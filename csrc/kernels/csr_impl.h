@@ -4,11 +4,13 @@
 // its own Vec, so every ISA gets private (internal-linkage) copies that the
 // linker can never merge across ISAs. Do not include it anywhere else.
 //
-// The batch dimension is split into blocks of up to BLOCK vectors; a block's
+// The vectorized dimension (the batch for linear layers; output-row segments
+// for convolutions) is split into blocks of up to BLOCK vectors; a block's
 // accumulators (SpMM) or dY row (SDDMM) stay in registers while a row's
-// nonzeros stream past. Blocks are the outer loop so the gathered rows of X for
+// nonzeros stream past. Blocks are the outer loop so the gathered operands of
 // one block stay warm in cache across all rows. The last block may have fewer
-// full vectors (NF) and one partial vector (TAIL) of `tail` lanes.
+// full vectors (NF) and one partial vector (TAIL) of `tail` lanes. OFFS selects
+// per-nonzero operand offsets (convolutions) over indices[k] * ldx (linear).
 
 constexpr int kW = Vec::width;
 using Reg = typename Vec::reg;
@@ -20,7 +22,12 @@ inline Reg load_lane_block(const float* p, int u, int tail) {
   return (TAIL && u == NF) ? Vec::load_partial(p + u * kW, tail) : Vec::load(p + u * kW);
 }
 
-template <int NF, bool TAIL>
+template <bool OFFS, class Args>
+inline const float* operand(const Args& a, int64_t k) {
+  return a.x + (OFFS ? a.offsets[k] : a.indices[k] * a.ldx);
+}
+
+template <int NF, bool TAIL, bool OFFS>
 void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
   constexpr int NV = NF + (TAIL ? 1 : 0);
   // Narrow blocks get a second accumulator set (even / odd nonzeros) so there
@@ -36,7 +43,7 @@ void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c
     const int64_t begin = a.indptr[r], end = a.indptr[r + 1];
     for (int64_t k = begin; k < end; ++k) {
       const Reg w = Vec::set1(a.values[k]);
-      const float* x = a.x + a.indices[k] * a.ldx + c0;
+      const float* x = operand<OFFS>(a, k) + c0;
       Reg* accs = acc[SETS == 2 ? ((k - begin) & 1) : 0];
       for (int u = 0; u < NV; ++u) accs[u] = Vec::fma(w, load_lane_block<NF, TAIL>(x, u, tail), accs[u]);
     }
@@ -49,7 +56,7 @@ void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c
   }
 }
 
-template <int NF, bool TAIL, bool ACCUMULATE>
+template <int NF, bool TAIL, bool ACCUMULATE, bool OFFS>
 void sddmm_block(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
   constexpr int NV = NF + (TAIL ? 1 : 0);
   for (int64_t r = r0; r < r1; ++r) {
@@ -59,7 +66,7 @@ void sddmm_block(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t
     const float* dy_row = a.dy + r * a.lddy + c0;
     for (int u = 0; u < NV; ++u) dy[u] = load_lane_block<NF, TAIL>(dy_row, u, tail);
     for (int64_t k = begin; k < end; ++k) {
-      const float* x = a.x + a.indices[k] * a.ldx + c0;
+      const float* x = operand<OFFS>(a, k) + c0;
       Reg s0 = Vec::mul(dy[0], load_lane_block<NF, TAIL>(x, 0, tail));
       Reg s1 = Vec::zero();
       for (int u = 1; u < NV; ++u) {
@@ -105,43 +112,52 @@ void for_each_block(const Args& a, int64_t r0, int64_t r1, int64_t n) {
 template <int NF, bool TAIL>
 struct SpmmBlock {
   static void run(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
-    spmm_block<NF, TAIL>(a, r0, r1, c0, tail);
+    if (a.offsets) spmm_block<NF, TAIL, true>(a, r0, r1, c0, tail);
+    else spmm_block<NF, TAIL, false>(a, r0, r1, c0, tail);
   }
 };
 
 template <int NF, bool TAIL>
 struct SddmmFirstBlock {
   static void run(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
-    sddmm_block<NF, TAIL, false>(a, r0, r1, c0, tail);
+    if (a.offsets) sddmm_block<NF, TAIL, false, true>(a, r0, r1, c0, tail);
+    else sddmm_block<NF, TAIL, false, false>(a, r0, r1, c0, tail);
   }
 };
 
 template <int NF, bool TAIL>
 struct SddmmNextBlock {
   static void run(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
-    sddmm_block<NF, TAIL, true>(a, r0, r1, c0, tail);
+    if (a.offsets) sddmm_block<NF, TAIL, true, true>(a, r0, r1, c0, tail);
+    else sddmm_block<NF, TAIL, true, false>(a, r0, r1, c0, tail);
   }
 };
 
 void spmm_rows(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1) {
   if (a.n == 0) return;
-  for_each_block<Vec::spmm_block, SpmmBlock>(a, r0, r1, a.n);
+  for (int64_t seg = 0; seg < a.segments; ++seg) {
+    sparseprop::SpmmArgs s = a;
+    s.x += seg * a.x_segment_stride;
+    s.y += seg * a.y_segment_stride;
+    for_each_block<Vec::spmm_block, SpmmBlock>(s, r0, r1, a.n);
+  }
 }
 
 void sddmm_rows(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1) {
-  const int64_t k0 = a.indptr[r0], k1 = a.indptr[r1];
-  if (a.n == 0) {
-    for (int64_t k = k0; k < k1; ++k) a.out[k] = 0.0f;
+  if (a.n == 0 || a.segments == 0) {
+    for (int64_t k = a.indptr[r0]; k < a.indptr[r1]; ++k) a.out[k] = 0.0f;
     return;
   }
-  // The first batch block writes the dot products, later blocks add to them.
+  // The first block of the first segment writes the dot products; the rest add.
   constexpr int64_t step = int64_t(Vec::sddmm_block) * kW;
-  const int64_t first = min64(a.n, step);
-  for_each_block<Vec::sddmm_block, SddmmFirstBlock>(a, r0, r1, first);
-  for (int64_t c0 = step; c0 < a.n; c0 += step) {
-    sparseprop::SddmmArgs shifted = a;
-    shifted.dy += c0;
-    shifted.x += c0;
-    for_each_block<Vec::sddmm_block, SddmmNextBlock>(shifted, r0, r1, min64(a.n - c0, step));
+  for (int64_t seg = 0; seg < a.segments; ++seg) {
+    for (int64_t c0 = 0; c0 < a.n; c0 += step) {
+      sparseprop::SddmmArgs s = a;
+      s.dy += seg * a.dy_segment_stride + c0;
+      s.x += seg * a.x_segment_stride + c0;
+      const int64_t len = min64(a.n - c0, step);
+      if (seg == 0 && c0 == 0) for_each_block<Vec::sddmm_block, SddmmFirstBlock>(s, r0, r1, len);
+      else for_each_block<Vec::sddmm_block, SddmmNextBlock>(s, r0, r1, len);
+    }
   }
 }
