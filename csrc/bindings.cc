@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -114,6 +115,102 @@ void sddmm_py(py::handle indptr_o, py::handle indices_o, py::handle dy_o, py::ha
   sddmm(a, rows, num_threads);
 }
 
+// Shared checks of the offset form used by convolutions: every operand window
+// [offsets[k] + seg * stride, ... + n) of every segment must lie inside x.
+void expect_windows(const py::array_t<int64_t>& offsets, int64_t x_size, int64_t segments,
+                    int64_t x_stride, int64_t n) {
+  expect(segments >= 0 && n >= 0 && x_stride >= 0, "segments, n and strides must be non-negative");
+  if (segments == 0 || n == 0 || offsets.shape(0) == 0) return;
+  const int64_t* o = offsets.data();
+  int64_t lo = o[0], hi = o[0];
+  for (int64_t k = 1; k < offsets.shape(0); ++k) {
+    lo = std::min(lo, o[k]);
+    hi = std::max(hi, o[k]);
+  }
+  expect(lo >= 0 && hi + (segments - 1) * x_stride + n <= x_size,
+         "operand offsets reach outside x (offsets in [" + std::to_string(lo) + ", " +
+             std::to_string(hi) + "], x has " + std::to_string(x_size) + " elements)");
+}
+
+void spmm_offsets_py(py::handle indptr_o, py::handle offsets_o, py::handle values_o, py::handle perm_o,
+                     py::handle bias_o, py::handle x_o, py::handle y_o, int64_t n, int64_t segments,
+                     int64_t x_segment_stride, int64_t y_segment_stride, int num_threads) {
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto offsets = checked<int64_t>(offsets_o, "offsets", 1);
+  auto values = checked<float>(values_o, "values", 1);
+  auto x = checked<float>(x_o, "x", 1);
+  auto y = checked<float>(y_o, "out", 2, true);
+  const int64_t rows = indptr.shape(0) - 1, nnz = offsets.shape(0);
+  expect(rows >= 0 && indptr.data()[0] == 0 && indptr.data()[rows] == nnz,
+         "indptr does not match offsets");
+  expect(y.shape(0) == rows, "out must have one row per pattern row");
+  expect(segments == 0 || n == 0 || (segments - 1) * y_segment_stride + n <= y.shape(1),
+         "segments reach outside the rows of out");
+  expect_windows(offsets, x.shape(0), segments, x_segment_stride, n);
+  SpmmArgs a{};
+  a.indptr = indptr.data();
+  a.values = values.data();
+  py::array_t<int64_t> perm;
+  if (!perm_o.is_none()) {
+    perm = checked<int64_t>(perm_o, "perm", 1);
+    expect(perm.shape(0) == nnz, "perm must have one entry per nonzero");
+    const int64_t* p = perm.data();
+    for (int64_t k = 0; k < nnz; ++k)
+      expect(p[k] >= 0 && p[k] < values.shape(0), "perm points outside values");
+    a.perm = p;
+  } else {
+    expect(values.shape(0) == nnz, "values must have one entry per nonzero");
+  }
+  py::array_t<float> bias;
+  if (!bias_o.is_none()) {
+    bias = checked<float>(bias_o, "bias", 1);
+    expect(bias.shape(0) == rows, "bias must have one entry per row");
+    a.bias = bias.data();
+  }
+  a.x = x.data();
+  a.y = y.mutable_data();
+  a.ldy = y.shape(1);
+  a.n = n;
+  a.offsets = offsets.data();
+  a.segments = segments;
+  a.x_segment_stride = x_segment_stride;
+  a.y_segment_stride = y_segment_stride;
+  py::gil_scoped_release unlocked;
+  spmm(a, rows, num_threads);
+}
+
+void sddmm_offsets_py(py::handle indptr_o, py::handle offsets_o, py::handle dy_o, int64_t dy_offset,
+                      int64_t lddy, py::handle x_o, py::handle out_o, int64_t n, int64_t segments,
+                      int64_t x_segment_stride, int64_t dy_segment_stride, int num_threads) {
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto offsets = checked<int64_t>(offsets_o, "offsets", 1);
+  auto dy = checked<float>(dy_o, "dy", 1);
+  auto x = checked<float>(x_o, "x", 1);
+  auto out = checked<float>(out_o, "out", 1, true);
+  const int64_t rows = indptr.shape(0) - 1, nnz = offsets.shape(0);
+  expect(rows >= 0 && indptr.data()[0] == 0 && indptr.data()[rows] == nnz,
+         "indptr does not match offsets");
+  expect(out.shape(0) == nnz, "out must have one entry per nonzero");
+  expect(dy_offset >= 0 && lddy >= 0, "dy_offset and lddy must be non-negative");
+  expect(rows == 0 || segments == 0 || n == 0 ||
+             dy_offset + (rows - 1) * lddy + (segments - 1) * dy_segment_stride + n <= dy.shape(0),
+         "rows and segments reach outside dy");
+  expect_windows(offsets, x.shape(0), segments, x_segment_stride, n);
+  SddmmArgs a{};
+  a.indptr = indptr.data();
+  a.dy = dy.data() + dy_offset;
+  a.lddy = lddy;
+  a.x = x.data();
+  a.out = out.mutable_data();
+  a.n = n;
+  a.offsets = offsets.data();
+  a.segments = segments;
+  a.x_segment_stride = x_segment_stride;
+  a.dy_segment_stride = dy_segment_stride;
+  py::gil_scoped_release unlocked;
+  sddmm(a, rows, num_threads);
+}
+
 void transpose_py(py::handle src_o, py::handle dst_o, int num_threads) {
   auto src = checked<float>(src_o, "src", 2);
   auto dst = checked<float>(dst_o, "dst", 2, true);
@@ -122,6 +219,31 @@ void transpose_py(py::handle src_o, py::handle dst_o, int num_threads) {
   TransposeArgs a{src.data(), src.shape(0), src.shape(1), src.shape(1), dst.mutable_data(), dst.shape(1)};
   py::gil_scoped_release unlocked;
   transpose(a, num_threads);
+}
+
+void to_batch_inner_py(py::handle src_o, py::handle dst_o, int64_t top, int64_t bottom, int64_t left,
+                       int64_t right, int num_threads) {
+  auto src = checked<float>(src_o, "src", 4);
+  auto dst = checked<float>(dst_o, "dst", 4, true);
+  const int64_t n = src.shape(0), c = src.shape(1), h = src.shape(2), w = src.shape(3);
+  expect(top >= 0 && bottom >= 0 && left >= 0 && right >= 0, "padding must be non-negative");
+  expect(dst.shape(0) == c && dst.shape(1) == h + top + bottom && dst.shape(2) == w + left + right &&
+             dst.shape(3) == n,
+         "dst must have shape (C, H + top + bottom, W + left + right, N)");
+  py::gil_scoped_release unlocked;
+  to_batch_inner(src.data(), n, c, h, w, dst.mutable_data(), top, bottom, left, right, num_threads);
+}
+
+void from_batch_inner_py(py::handle src_o, int64_t top, int64_t left, py::handle dst_o, int num_threads) {
+  auto src = checked<float>(src_o, "src", 4);
+  auto dst = checked<float>(dst_o, "dst", 4, true);
+  const int64_t n = dst.shape(0), c = dst.shape(1), h = dst.shape(2), w = dst.shape(3);
+  expect(src.shape(0) == c && src.shape(3) == n && top >= 0 && left >= 0 &&
+             top + h <= src.shape(1) && left + w <= src.shape(2),
+         "src must have shape (C, Hs, Ws, N) containing the (H, W) window at (top, left)");
+  py::gil_scoped_release unlocked;
+  from_batch_inner(src.data(), src.shape(1), src.shape(2), top, left, dst.mutable_data(), n, c, h, w,
+                   num_threads);
 }
 
 void check_csr_py(py::handle indptr_o, py::handle indices_o, int64_t rows, int64_t cols) {
@@ -182,8 +304,24 @@ PYBIND11_MODULE(_C, m) {
   m.def("sddmm", &sddmm_py, py::arg("indptr"), py::arg("indices"), py::arg("dy"), py::arg("x"),
         py::arg("out"), py::arg("num_threads"),
         "out[k] = dot(dy[r, :], x[indices[k], :]) for every nonzero k of every row r");
+  m.def("spmm_offsets", &spmm_offsets_py, py::arg("indptr"), py::arg("offsets"), py::arg("values"),
+        py::arg("perm"), py::arg("bias"), py::arg("x"), py::arg("out"), py::arg("n"),
+        py::arg("segments"), py::arg("x_segment_stride"), py::arg("y_segment_stride"),
+        py::arg("num_threads"),
+        "out[r, s*ys + t] = bias[r] + sum_k values[perm[k] or k] * x[offsets[k] + s*xs + t], t < n");
+  m.def("sddmm_offsets", &sddmm_offsets_py, py::arg("indptr"), py::arg("offsets"), py::arg("dy"),
+        py::arg("dy_offset"), py::arg("lddy"), py::arg("x"), py::arg("out"), py::arg("n"),
+        py::arg("segments"), py::arg("x_segment_stride"), py::arg("dy_segment_stride"),
+        py::arg("num_threads"),
+        "out[k] = sum_s sum_t dy[dy_offset + r*lddy + s*dys + t] * x[offsets[k] + s*xs + t], t < n");
   m.def("transpose", &transpose_py, py::arg("src"), py::arg("dst"), py::arg("num_threads"),
         "dst = src.T for C-contiguous float32 matrices, cache-blocked and threaded");
+  m.def("to_batch_inner", &to_batch_inner_py, py::arg("src"), py::arg("dst"), py::arg("top"),
+        py::arg("bottom"), py::arg("left"), py::arg("right"), py::arg("num_threads"),
+        "dst (C, H+top+bottom, W+left+right, N) = zero-bordered batch-innermost copy of src (N, C, H, W)");
+  m.def("from_batch_inner", &from_batch_inner_py, py::arg("src"), py::arg("top"), py::arg("left"),
+        py::arg("dst"), py::arg("num_threads"),
+        "dst (N, C, H, W) = the (H, W) window at (top, left) of src (C, Hs, Ws, N)");
   m.def("check_csr", &check_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"),
         py::arg("cols"), "Raise ValueError naming the first problem of an invalid CSR pattern");
   m.def("transpose_csr", &transpose_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("cols"),

@@ -88,4 +88,55 @@ void transpose(const TransposeArgs& args, int num_threads) {
   run_split(even_split(args.cols, n), [&](int64_t b, int64_t e) { kernel(args, b, e); });
 }
 
+// Both image layout changes are one big (n, c*h*w) <-> (c*h*w, n) transpose,
+// whose cache-blocked tiles read and write long runs, plus a pass of plain row
+// copies for the border (tiny per-row transposes would stride across pages).
+void to_batch_inner(const float* src, int64_t n, int64_t c, int64_t h, int64_t w, float* dst,
+                    int64_t top, int64_t bottom, int64_t left, int64_t right, int num_threads) {
+  const int64_t hd = h + top + bottom, wd = w + left + right, chw = c * h * w;
+  const bool bordered = top || bottom || left || right;
+  std::unique_ptr<float[]> scratch;
+  float* packed = dst;
+  if (bordered) {
+    scratch.reset(new float[size_t(std::max<int64_t>(chw * n, 1))]);
+    packed = scratch.get();
+  }
+  transpose(TransposeArgs{src, n, chw, chw, packed, n}, num_threads);
+  if (!bordered) return;
+  const int threads = threads_for(c * hd * wd * n, c, num_threads);
+  run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      float* plane = dst + ch * hd * wd * n;
+      std::fill(plane, plane + top * wd * n, 0.0f);
+      for (int64_t i = 0; i < h; ++i) {
+        float* row = plane + (top + i) * wd * n;
+        std::fill(row, row + left * n, 0.0f);
+        std::copy_n(packed + (ch * h + i) * w * n, w * n, row + left * n);
+        std::fill(row + (left + w) * n, row + wd * n, 0.0f);
+      }
+      std::fill(plane + (top + h) * wd * n, plane + hd * wd * n, 0.0f);
+    }
+  });
+}
+
+void from_batch_inner(const float* src, int64_t hs, int64_t ws, int64_t top, int64_t left,
+                      float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int num_threads) {
+  const int64_t chw = c * h * w;
+  const bool windowed = top || left || hs != h || ws != w;
+  std::unique_ptr<float[]> scratch;
+  const float* packed = src;
+  if (windowed) {
+    scratch.reset(new float[size_t(std::max<int64_t>(chw * n, 1))]);
+    float* out = scratch.get();
+    const int threads = threads_for(chw * n, c, num_threads);
+    run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch)
+        for (int64_t i = 0; i < h; ++i)
+          std::copy_n(src + ((ch * hs + top + i) * ws + left) * n, w * n, out + (ch * h + i) * w * n);
+    });
+    packed = out;
+  }
+  transpose(TransposeArgs{packed, chw, n, n, dst, chw}, num_threads);
+}
+
 }  // namespace sparseprop

@@ -17,13 +17,14 @@ from ._backend import (  # noqa: E402
     _apply_isa_env,
 )
 from .csr import CSRPattern  # noqa: E402
-from .modules import SparseLinear  # noqa: E402
+from .modules import SparseConv2d, SparseLinear  # noqa: E402
 from . import functional  # noqa: E402
 
 _apply_isa_env()
 
 __all__ = [
     "CSRPattern",
+    "SparseConv2d",
     "SparseLinear",
     "available_isas",
     "config",

@@ -106,3 +106,10 @@ def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor
                                 None if bias is None else bias.contiguous(), pattern,
                                 input.is_leaf and input.requires_grad)
     return y2d.reshape(*lead, pattern.rows)
+
+
+def sparse_conv2d(*args, **kwargs):
+    """See :func:`sparseprop.conv.sparse_conv2d`."""
+    from .conv import sparse_conv2d as impl
+
+    return impl(*args, **kwargs)

@@ -1,20 +1,34 @@
-"""Drop-in sparse layers."""
+"""Drop-in sparse layers: SparseLinear for nn.Linear, SparseConv2d for nn.Conv2d."""
 from __future__ import annotations
 
-import math
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
-from .csr import CSRPattern, check_sparsity, nnz_for
+from ._sparse_module import PATTERN_BUFFERS, SparseWeightModule
+from .conv import ConvSpec, sparse_conv2d_spec
+from .csr import CSRPattern
 from .functional import check_float32_cpu, sparse_linear
 
-_PATTERN_BUFFERS = ("indptr", "indices")
 _TRANSPOSED_BUFFERS = ("t_indptr", "t_indices", "t_perm")
 
 
-class SparseLinear(nn.Module):
+def _check_factory_kwargs(cls_name: str, device, dtype) -> None:
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"{cls_name} runs on the CPU only, got device={device!r}")
+    if dtype is not None and dtype != torch.float32:
+        raise TypeError(f"{cls_name} computes in float32, got dtype={dtype}")
+
+
+def _check_count(name: str, value, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class SparseLinear(SparseWeightModule):
     """A drop-in replacement for :class:`torch.nn.Linear` whose weight is sparse (CSR).
 
     The nonzero weights are one 1-D parameter, ``values``; the pattern lives in
@@ -32,35 +46,17 @@ class SparseLinear(nn.Module):
     Inputs of shape (*, in_features), float32, on the CPU.
     """
 
+    _watched_buffers = PATTERN_BUFFERS + _TRANSPOSED_BUFFERS
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  sparsity: float = 0.9, *, generator: Optional[torch.Generator] = None,
                  device=None, dtype=None) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if device is not None and torch.device(device).type != "cpu":
-            raise ValueError(f"SparseLinear runs on the CPU only, got device={device!r}")
-        if dtype is not None and dtype != torch.float32:
-            raise TypeError(f"SparseLinear computes in float32, got dtype={dtype}")
-        self.in_features = in_features
-        self.out_features = out_features
-        pattern = CSRPattern.random(out_features, in_features, check_sparsity(sparsity), generator)
-        self.values = nn.Parameter(torch.empty(pattern.nnz))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
-        self._install_pattern(pattern)
-        self.reset_parameters(generator)
-
-    # construction -------------------------------------------------------------------
-    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
-        """nn.Linear's initialization: U(-1/sqrt(in), 1/sqrt(in)) for values and bias."""
-        bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-        with torch.no_grad():
-            self.values.uniform_(-bound, bound, generator=generator)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound, generator=generator)
+        _check_factory_kwargs(type(self).__name__, device, dtype)
+        self.in_features = _check_count("in_features", in_features)
+        self.out_features = _check_count("out_features", out_features)
+        self.weight_shape = (out_features, in_features)
+        self._init_sparse(sparsity, bias, generator)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None,
@@ -75,93 +71,23 @@ class SparseLinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
-        weight = linear.weight.detach().to("cpu", torch.float32)
-        if mask is None:
-            keep = weight != 0
-        else:
-            if tuple(mask.shape) != tuple(weight.shape):
-                raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight is {tuple(weight.shape)}")
-            keep = mask.detach().to("cpu") != 0
-        if sparsity is not None:
-            keep = _magnitude_keep(weight, keep, check_sparsity(sparsity))
-        pattern = CSRPattern.from_mask(keep)
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, sparsity=1.0)
-        module.set_pattern(pattern, pattern.gather(weight))
-        if linear.bias is not None:
-            with torch.no_grad():
-                module.bias.copy_(linear.bias.detach().float())
+        module._load_dense(linear.weight, linear.bias, mask, sparsity)
         return module
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` with the same outputs (zeros where the pattern has none)."""
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(self.weight)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._copy_dense_into(nn.Linear(self.in_features, self.out_features,
+                                               bias=self.bias is not None))
 
-    # pattern --------------------------------------------------------------------------
-    def set_pattern(self, pattern: CSRPattern, values: Optional[torch.Tensor] = None) -> None:
-        """Replace the pattern (and the values, if given; new positions start at zero).
-
-        The ``values`` Parameter object is kept, so optimizers built earlier still
-        hold it; their per-parameter state is *not* remapped here.
-        """
-        if pattern.shape != (self.out_features, self.in_features):
-            raise ValueError(f"pattern shape {pattern.shape} does not match the layer "
-                             f"({self.out_features}, {self.in_features})")
-        if values is not None and tuple(values.shape) != (pattern.nnz,):
-            raise ValueError(f"values must have shape ({pattern.nnz},), got {tuple(values.shape)}")
-        with torch.no_grad():
-            new_values = torch.zeros(pattern.nnz) if values is None else values.detach().float().clone()
-            if self.values.shape != new_values.shape:
-                self.values.grad = None
-            self.values.data = new_values
-        self._install_pattern(pattern)
-
-    def _install_pattern(self, pattern: CSRPattern) -> None:
-        self.register_buffer("indptr", pattern.indptr)
-        self.register_buffer("indices", pattern.indices)
+    def _pattern_installed(self, pattern: CSRPattern) -> None:
         for name, tensor in zip(_TRANSPOSED_BUFFERS, pattern.transposed):
             self.register_buffer(name, tensor, persistent=False)
-        self._pattern = pattern
-        self._pattern_key = self._buffers_key()
-
-    def _buffers_key(self):
-        # Changes whenever a pattern buffer is replaced or modified in place.
-        buffers = self._buffers
-        return tuple((b.data_ptr(), b._version, b.shape)
-                     for b in (buffers[n] for n in _PATTERN_BUFFERS + _TRANSPOSED_BUFFERS))
-
-    @property
-    def pattern(self) -> CSRPattern:
-        """The validated pattern; re-checked if its buffers were changed by hand."""
-        if self._pattern_key != self._buffers_key():
-            self._install_pattern(CSRPattern(self.indptr, self.indices,
-                                             (self.out_features, self.in_features)))
-        return self._pattern
-
-    # inspection -------------------------------------------------------------------------
-    @property
-    def nnz(self) -> int:
-        return int(self.values.numel())
-
-    @property
-    def sparsity(self) -> float:
-        numel = self.in_features * self.out_features
-        return 1.0 - self.nnz / numel if numel else 0.0
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """Dense (out_features, in_features) weight; differentiable w.r.t. ``values``."""
-        return self.pattern.to_dense(self.values)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, sparsity={self.sparsity:.4f}, nnz={self.nnz}")
 
-    # forward ----------------------------------------------------------------------------
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         check_float32_cpu(input, "input")
         if input.dim() == 0 or input.shape[-1] != self.in_features:
@@ -169,40 +95,77 @@ class SparseLinear(nn.Module):
                              f"got {tuple(input.shape)}")
         return sparse_linear(input, self.pattern, self.values, self.bias)
 
-    # state_dict -------------------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        keys = [prefix + n for n in _PATTERN_BUFFERS]
-        if all(k in state_dict for k in keys):
-            # Validate everything before touching the module, so a bad checkpoint
-            # leaves it as it was.
-            where = f"while loading '{prefix or 'SparseLinear'}'"
-            try:
-                pattern = CSRPattern(state_dict[keys[0]], state_dict[keys[1]],
-                                     (self.out_features, self.in_features))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{where}: {err}") from None
-            values = state_dict.get(prefix + "values")
-            if values is not None:
-                if tuple(values.shape) != (pattern.nnz,):
-                    raise ValueError(f"{where}: values has shape {tuple(values.shape)} but the "
-                                     f"pattern has {pattern.nnz} nonzeros")
-                if not torch.isfinite(values).all():
-                    raise ValueError(f"{where}: values contains NaN or infinity")
-            if self.values.shape != (pattern.nnz,):
-                with torch.no_grad():
-                    self.values.grad = None
-                    self.values.data = torch.zeros(pattern.nnz)
-            self._install_pattern(pattern)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+
+IntOrPair = Union[int, Tuple[int, int]]
 
 
-def _magnitude_keep(weight: torch.Tensor, allowed: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Mask of the largest |weight| entries among ``allowed``, nnz set by ``sparsity``."""
-    k = min(nnz_for(sparsity, weight.numel()), int(allowed.sum()))
-    scores = weight.abs().masked_fill(~allowed, -1.0).flatten()
-    keep = torch.zeros(weight.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(scores, k, sorted=False).indices] = True
-    return keep.view_as(weight)
+class SparseConv2d(SparseWeightModule):
+    """A drop-in replacement for :class:`torch.nn.Conv2d` whose weight is sparse (CSR).
+
+    Same constructor as ``nn.Conv2d`` (kernel size, stride, padding including
+    'same'/'valid', dilation, groups, bias, padding_mode) plus ``sparsity``.
+    The CSR matrix has one row per output channel and one column per element of
+    ``weight[o]`` (in_channels/groups x kH x kW), like ``weight.flatten(1)``.
+    Inputs (N, C, H, W) or (C, H, W), float32, CPU, any memory format.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair = 1, padding: Union[str, IntOrPair] = 0, dilation: IntOrPair = 1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 sparsity: float = 0.9, *, generator: Optional[torch.Generator] = None,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        _check_factory_kwargs(type(self).__name__, device, dtype)
+        self.spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
+                                    dilation, groups, padding_mode)
+        s = self.spec
+        self.in_channels, self.out_channels = s.in_channels, s.out_channels
+        self.kernel_size, self.stride, self.dilation = s.kernel_size, s.stride, s.dilation
+        self.padding, self.groups, self.padding_mode = s.padding, s.groups, s.padding_mode
+        self.weight_shape = (s.out_channels, s.in_channels // s.groups) + s.kernel_size
+        self._plans = {}
+        self._init_sparse(sparsity, bias, generator)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, mask: Optional[torch.Tensor] = None,
+                   sparsity: Optional[float] = None) -> "SparseConv2d":
+        """Sparse copy of ``conv``; ``mask`` and ``sparsity`` as for SparseLinear.from_dense."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"from_dense expects an nn.Conv2d, got {type(conv).__name__}")
+        module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                     conv.padding_mode, sparsity=1.0)
+        module._load_dense(conv.weight, conv.bias, mask, sparsity)
+        return module
+
+    def to_dense(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` with the same outputs (zeros where the pattern has none)."""
+        s = self.spec
+        dense = nn.Conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding,
+                          s.dilation, s.groups, self.bias is not None, s.padding_mode)
+        return self._copy_dense_into(dense)
+
+    def _pattern_installed(self, pattern: CSRPattern) -> None:
+        self._plans = {}  # index plans depend on the pattern
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._plans = {}
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        text = (f"{s.in_channels}, {s.out_channels}, kernel_size={s.kernel_size}, stride={s.stride}")
+        if s.padding not in ((0, 0), "valid"):
+            text += f", padding={s.padding!r}" if isinstance(s.padding, str) else f", padding={s.padding}"
+        if s.dilation != (1, 1):
+            text += f", dilation={s.dilation}"
+        if s.groups != 1:
+            text += f", groups={s.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        if s.padding_mode != "zeros":
+            text += f", padding_mode={s.padding_mode!r}"
+        return text + f", sparsity={self.sparsity:.4f}, nnz={self.nnz}"
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return sparse_conv2d_spec(input, self.spec, self.pattern, self.values, self.bias, self._plans)

@@ -1,0 +1,318 @@
+"""Sparse 2-D convolution on the CSR kernels.
+
+Every pass is one of the two native kernels in their "offset" form: each
+nonzero (o, c, kh, kw) becomes an element offset into a re-laid-out input, and
+the vector dimension runs over (output column, batch), batch innermost:
+
+* input  x (N, C, H, W) is padded and split into stride phases, stored as
+  X' (C * sh * sw, Hs, Ws, N): phase channel (c, a % sh, b % sw) holds the
+  padded input rows/cols congruent to (a, b). A stride-s convolution becomes a
+  stride-1 one over the phases, so every tap reads a contiguous run.
+* forward  Y[o, i, :, :] = bias[o] + sum_k w_k X'[c'_k, i + di_k, dj_k :, :]
+  for each output row i (one "segment" of OW * N floats).
+* weight gradient  dw_k = sum_i <dY[o, i], X'[c'_k, i + di_k, dj_k:]> (SDDMM).
+* input gradient: the transposed pattern (rows = phase channels) gathers from a
+  zero-bordered copy of dY, then the phases are interleaved back and cropped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from . import _C
+from ._backend import as_numpy, get_num_threads
+from .csr import CSRPattern
+from .functional import check_float32_cpu
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_MAX_CACHED_PLANS = 8
+
+
+def _pair(value, name: str, minimum: int) -> Tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """Validated nn.Conv2d hyper-parameters."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Union[str, Tuple[int, int]]
+    dilation: Tuple[int, int]
+    groups: int
+    padding_mode: str
+
+    @classmethod
+    def create(cls, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+               padding_mode) -> "ConvSpec":
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "groups" else 0):
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        kernel = _pair(kernel_size, "kernel_size", 1)
+        stride_ = _pair(stride, "stride", 1)
+        dilation_ = _pair(dilation, "dilation", 1)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+            if padding == "same" and stride_ != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            padding_ = padding
+        else:
+            padding_ = _pair(padding, "padding", 0)
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        return cls(in_channels, out_channels, kernel, stride_, padding_, dilation_, groups, padding_mode)
+
+    def pads(self) -> Tuple[int, int, int, int]:
+        """(top, bottom, left, right) zero padding."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            th = self.dilation[0] * (self.kernel_size[0] - 1)
+            tw = self.dilation[1] * (self.kernel_size[1] - 1)
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        ph, pw = self.padding
+        return (ph, ph, pw, pw)
+
+
+@dataclass
+class ConvPlan:
+    """Geometry and per-nonzero offsets for one input shape (N, H, W)."""
+
+    n: int
+    h: int
+    w: int
+    pads: Tuple[int, int, int, int]
+    oh: int
+    ow: int
+    hs: int          # phase-grid height, ceil(padded H / sh)
+    ws: int
+    hg: int          # zero-bordered dY height for the input gradient
+    wg: int
+    border: Tuple[int, int]  # dY offset (rows, cols) inside that border
+    fwd_offsets: torch.Tensor
+    bwd_indptr: torch.Tensor
+    bwd_perm: torch.Tensor
+    bwd_offsets: torch.Tensor
+
+    @property
+    def phase_channels(self) -> int:
+        return self.bwd_indptr.numel() - 1
+
+
+def make_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
+              pads: Tuple[int, int, int, int]) -> ConvPlan:
+    (kh_, kw_), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    pt, pb, pl, pr = pads
+    hp, wp = h + pt + pb, w + pl + pr
+    oh = (hp - dh * (kh_ - 1) - 1) // sh + 1
+    ow = (wp - dw * (kw_ - 1) - 1) // sw + 1
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"the kernel (size {spec.kernel_size}, dilation {spec.dilation}) is larger "
+                         f"than the padded input ({hp}, {wp})")
+    hs, ws = -(-hp // sh), -(-wp // sw)
+    plane = hs * ws * n
+    # Decode each nonzero: output channel o, input channel c, tap (a, b) in input pixels.
+    o = pattern.row_indices()
+    col = pattern.indices.long()
+    cg = spec.in_channels // spec.groups
+    c = (o // (spec.out_channels // spec.groups)) * cg + col // (kh_ * kw_)
+    a = (col // kw_) % kh_ * dh
+    b = col % kw_ * dw
+    phase = (c * sh + a % sh) * sw + b % sw
+    di, dj = a // sh, b // sw
+    fwd_offsets = phase * plane + (di * ws + dj) * n
+    # Input gradient: rows are phase channels; the operand is dY inside a zero border
+    # wide enough that every tap's window stays in range.
+    bh, bw = (dh * (kh_ - 1)) // sh, (dw * (kw_ - 1)) // sw
+    hg, wg = hs + bh, ws + bw
+    order = torch.sort(phase, stable=True).indices
+    counts = torch.bincount(phase, minlength=spec.in_channels * sh * sw)
+    bwd_indptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=bwd_indptr[1:])
+    bwd_offsets = (o * (hg * wg * n) + ((bh - di) * wg + (bw - dj)) * n)[order]
+    return ConvPlan(n, h, w, pads, oh, ow, hs, ws, hg, wg, (bh, bw), fwd_offsets.contiguous(),
+                    bwd_indptr, order.contiguous(), bwd_offsets.contiguous())
+
+
+def _segments(rows: int, run: int, x_stride: int, y_stride: int) -> Tuple[int, int, int, int]:
+    """(segments, n, x_stride, y_stride); one long segment when the rows are back to back."""
+    if x_stride == run and y_stride == run:
+        return 1, rows * run, 0, 0
+    return rows, run, x_stride, y_stride
+
+
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def batch_inner(t: torch.Tensor, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0) -> torch.Tensor:
+    """(C, H + top + bottom, W + left + right, N) zero-bordered copy of t (N, C, H, W)."""
+    n, c, h, w = t.shape
+    out = torch.empty(c, h + top + bottom, w + left + right, n, dtype=torch.float32)
+    _C.to_batch_inner(as_numpy(_nchw(t)), as_numpy(out), top, bottom, left, right, get_num_threads())
+    return out
+
+
+def nchw(t: torch.Tensor, h: int, w: int, top: int = 0, left: int = 0) -> torch.Tensor:
+    """(N, C, h, w) contiguous copy of the window at (top, left) of t (C, Hs, Ws, N)."""
+    c, _, _, n = t.shape
+    out = torch.empty(n, c, h, w, dtype=torch.float32)
+    _C.from_batch_inner(as_numpy(t), top, left, as_numpy(out), get_num_threads())
+    return out
+
+
+def to_phases(x: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
+    """X' (C * sh * sw, Hs * Ws * N) from x (N, C, H, W): padded, phase-split, batch innermost."""
+    (sh, sw), (pt, pb, pl, pr) = spec.stride, plan.pads
+    n, c = x.shape[0], x.shape[1]
+    if (sh, sw) == (1, 1):
+        out = batch_inner(x, pt, pb, pl, pr)
+    else:
+        padded = F.pad(x, (pl, plan.ws * sw - plan.w - pl, pt, plan.hs * sh - plan.h - pt))
+        out = padded.view(n, c, plan.hs, sh, plan.ws, sw).permute(1, 3, 5, 2, 4, 0).contiguous()
+    return out.view(c * sh * sw, -1)
+
+
+def from_phases(dxp: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
+    """Inverse of to_phases for gradients: (N, C, H, W), padding positions dropped."""
+    (sh, sw), (pt, _, pl, _) = spec.stride, plan.pads
+    c = spec.in_channels
+    if (sh, sw) == (1, 1):
+        return nchw(dxp.view(c, plan.hs, plan.ws, plan.n), plan.h, plan.w, pt, pl)
+    full = dxp.view(c, sh, sw, plan.hs, plan.ws, plan.n).permute(5, 0, 3, 1, 4, 2)
+    full = full.reshape(plan.n, c, plan.hs * sh, plan.ws * sw)
+    return full[:, :, pt:pt + plan.h, pl:pl + plan.w].contiguous()
+
+
+class _SparseConv2dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, values, bias, pattern: CSRPattern, spec: ConvSpec, plan: ConvPlan):
+        xp = to_phases(x, spec, plan)
+        o, oh, ow, n = spec.out_channels, plan.oh, plan.ow, plan.n
+        y = torch.empty(o, oh * ow * n, dtype=torch.float32)
+        segs, run, xs, ys = _segments(oh, ow * n, plan.ws * n, ow * n)
+        indptr, _ = pattern.numpy()
+        _C.spmm_offsets(indptr, as_numpy(plan.fwd_offsets), as_numpy(values), None, as_numpy(bias),
+                        as_numpy(xp).reshape(-1), as_numpy(y), run, segs, xs, ys, get_num_threads())
+        ctx.pattern, ctx.spec, ctx.plan = pattern, spec, plan
+        ctx.save_for_backward(xp, values)
+        return nchw(y.view(o, oh, ow, n), oh, ow)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        pattern, spec, plan = ctx.pattern, ctx.spec, ctx.plan
+        xp, values = ctx.saved_tensors
+        need_x, need_values, need_bias = ctx.needs_input_grad[:3]
+        threads = get_num_threads()
+        o, oh, ow, n = spec.out_channels, plan.oh, plan.ow, plan.n
+        indptr, _ = pattern.numpy()
+        grad_x = grad_values = grad_bias = None
+        if need_x:
+            # dY inside a zero border: the transposed taps then always read in range.
+            bh, bw = plan.border
+            gyp = batch_inner(grad_y, bh, plan.hg - oh - bh, bw, plan.wg - ow - bw)
+            flat = as_numpy(gyp).reshape(-1)
+            if need_values:
+                grad_values = torch.empty(pattern.nnz, dtype=torch.float32)
+                segs, run, xs, ds = _segments(oh, ow * n, plan.ws * n, plan.wg * n)
+                _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), flat, (bh * plan.wg + bw) * n,
+                                 plan.hg * plan.wg * n, as_numpy(xp).reshape(-1),
+                                 as_numpy(grad_values), run, segs, xs, ds, threads)
+            dxp = torch.empty(plan.phase_channels, plan.hs * plan.ws * n, dtype=torch.float32)
+            segs, run, xs, ys = _segments(plan.hs, plan.ws * n, plan.wg * n, plan.ws * n)
+            _C.spmm_offsets(as_numpy(plan.bwd_indptr), as_numpy(plan.bwd_offsets), as_numpy(values),
+                            as_numpy(plan.bwd_perm), None, flat, as_numpy(dxp), run, segs, xs, ys,
+                            threads)
+            grad_x = from_phases(dxp, spec, plan)
+        elif need_values:
+            gyc = batch_inner(grad_y)
+            grad_values = torch.empty(pattern.nnz, dtype=torch.float32)
+            segs, run, xs, ds = _segments(oh, ow * n, plan.ws * n, ow * n)
+            _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), as_numpy(gyc).reshape(-1), 0,
+                             oh * ow * n, as_numpy(xp).reshape(-1), as_numpy(grad_values), run,
+                             segs, xs, ds, threads)
+        if need_bias:
+            grad_bias = grad_y.sum(dim=(0, 2, 3))
+        return grad_x, grad_values, grad_bias, None, None, None
+
+
+def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern, values: torch.Tensor,
+                       bias: Optional[torch.Tensor], plans: Optional[Dict] = None) -> torch.Tensor:
+    """Convolution with a validated spec; ``plans`` caches index plans per input shape."""
+    check_float32_cpu(input, "input")
+    check_float32_cpu(values, "values")
+    if bias is not None:
+        check_float32_cpu(bias, "bias")
+        if bias.shape != (spec.out_channels,):
+            raise ValueError(f"bias must have shape ({spec.out_channels},), got {tuple(bias.shape)}")
+    expected_cols = spec.in_channels // spec.groups * spec.kernel_size[0] * spec.kernel_size[1]
+    if pattern.shape != (spec.out_channels, expected_cols):
+        raise ValueError(f"pattern shape {pattern.shape} does not match the convolution "
+                         f"({spec.out_channels}, {expected_cols})")
+    if values.shape != (pattern.nnz,):
+        raise ValueError(f"values must have shape ({pattern.nnz},), got {tuple(values.shape)}")
+    unbatched = input.dim() == 3
+    if input.dim() not in (3, 4) or input.shape[-3] != spec.in_channels:
+        raise ValueError(f"expected input of shape (N, {spec.in_channels}, H, W) or "
+                         f"({spec.in_channels}, H, W), got {tuple(input.shape)}")
+    x = input.unsqueeze(0) if unbatched else input
+    pads = spec.pads()
+    if spec.padding_mode != "zeros" and any(pads):
+        # Non-zero padding modes pad explicitly (differentiably), then convolve unpadded.
+        t, b, l, r = pads
+        mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
+        x = F.pad(x, (l, r, t, b), mode=mode)
+        pads = (0, 0, 0, 0)
+    n, _, h, w = x.shape
+    if n == 0:
+        raise ValueError("SparseConv2d needs a non-empty batch")
+    key = (n, h, w, pads)
+    plan = plans.get(key) if plans is not None else None
+    if plan is None:
+        plan = make_plan(spec, pattern, n, h, w, pads)
+        if plans is not None:
+            if len(plans) >= _MAX_CACHED_PLANS:
+                plans.pop(next(iter(plans)))
+            plans[key] = plan
+    y = _SparseConv2dFn.apply(x, values.contiguous(), None if bias is None else bias.contiguous(),
+                              pattern, spec, plan)
+    return y.squeeze(0) if unbatched else y
+
+
+def sparse_conv2d(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None, stride=1, padding=0, dilation=1,
+                  groups: int = 1, kernel_size=None) -> torch.Tensor:
+    """Functional sparse convolution. ``pattern`` is (out_channels, in_channels/groups*kH*kW);
+    ``kernel_size`` defaults to square kernels inferred from the pattern and input."""
+    if not isinstance(pattern, CSRPattern):
+        raise TypeError(f"pattern must be a sparseprop.CSRPattern, got {type(pattern).__name__}")
+    if input.dim() not in (3, 4):
+        raise ValueError(f"expected a 3-D or 4-D input, got shape {tuple(input.shape)}")
+    in_channels = input.shape[-3]
+    if kernel_size is None:
+        if in_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels}")
+        taps = pattern.cols // max(in_channels // groups, 1)
+        k = math.isqrt(taps)
+        if k * k != taps or taps * (in_channels // groups) != pattern.cols:
+            raise ValueError("cannot infer a square kernel_size from the pattern; pass kernel_size")
+        kernel_size = k
+    spec = ConvSpec.create(in_channels, pattern.rows, kernel_size, stride, padding, dilation, groups,
+                           "zeros")
+    return sparse_conv2d_spec(input, spec, pattern, values, bias)
