@@ -33,7 +33,7 @@ py::array_t<T> checked(const py::handle& obj, const char* name, int ndim, bool w
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + " must be a numpy array");
   py::array arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>()))
+  if (!arr.dtype().equal(py::dtype::of<T>()))
     throw py::type_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
                          std::string(py::str(arr.dtype())));
   if (arr.ndim() != ndim)
@@ -49,13 +49,27 @@ void expect(bool ok, const std::string& message) {
   if (!ok) throw py::value_error(message);
 }
 
-// Cheap O(1) consistency checks; the full pattern check is check_csr().
+// Consistency checks of the O(1) kind; the full pattern check is check_csr().
 void expect_pattern(const py::array_t<int64_t>& indptr, const py::array_t<int32_t>& indices) {
   expect(indptr.shape(0) >= 1, "indptr must have at least one entry");
   const int64_t* p = indptr.data();
   const int64_t rows = indptr.shape(0) - 1;
   expect(p[0] == 0 && p[rows] == indices.shape(0),
          "indptr does not match indices (indptr[0] must be 0 and indptr[-1] must equal len(indices))");
+}
+
+// What the kernels need to stay inside their buffers: indptr never decreasing
+// and every index below `cols`. O(rows + nnz) per call, small next to the
+// O(nnz * batch) kernel; it turns a pattern corrupted behind the validation's
+// back (through .data or a numpy view) into an error instead of a crash.
+void expect_in_bounds(const py::array_t<int64_t>& indptr, const py::array_t<int32_t>& indices,
+                      int64_t cols) {
+  std::string problem;
+  {
+    py::gil_scoped_release unlocked;
+    problem = check_bounds(indptr.data(), indptr.shape(0) - 1, indices.data(), indices.shape(0), cols);
+  }
+  if (!problem.empty()) throw py::value_error("invalid sparsity pattern: " + problem);
 }
 
 void spmm_py(py::handle indptr_o, py::handle indices_o, py::handle values_o, py::handle perm_o,
@@ -88,6 +102,12 @@ void spmm_py(py::handle indptr_o, py::handle indices_o, py::handle values_o, py:
   }
   expect(y.shape(0) == rows, "out must have one row per pattern row");
   expect(y.shape(1) == x.shape(1), "x and out must have the same batch length");
+  expect_in_bounds(indptr, indices, x.shape(0));
+  if (a.perm) {
+    const int64_t* p = a.perm;
+    for (int64_t k = 0; k < nnz; ++k)
+      expect(p[k] >= 0 && p[k] < nnz, "perm points outside values");
+  }
   a.x = x.data();
   a.ldx = x.shape(1);
   a.y = y.mutable_data();
@@ -109,6 +129,7 @@ void sddmm_py(py::handle indptr_o, py::handle indices_o, py::handle dy_o, py::ha
   expect(dy.shape(0) == rows, "dy must have one row per pattern row");
   expect(dy.shape(1) == x.shape(1), "dy and x must have the same batch length");
   expect(out.shape(0) == indices.shape(0), "out must have one entry per nonzero");
+  expect_in_bounds(indptr, indices, x.shape(0));
   SddmmArgs a{indptr.data(), indices.data(), dy.data(), dy.shape(1), x.data(), x.shape(1),
               out.mutable_data(), x.shape(1)};
   py::gil_scoped_release unlocked;

@@ -35,6 +35,22 @@ std::string check_csr(const int64_t* indptr, int64_t rows, const int32_t* indice
   return "";
 }
 
+std::string check_bounds(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t nnz,
+                         int64_t cols) {
+  bool monotone = indptr[0] == 0 && indptr[rows] == nnz;
+  for (int64_t r = 0; r < rows; ++r) monotone &= indptr[r] <= indptr[r + 1];
+  if (!monotone) return "indptr must start at 0, never decrease and end at the number of indices";
+  int32_t lo = 0, hi = 0;
+  for (int64_t k = 0; k < nnz; ++k) {  // branch-free min/max: vectorizes
+    lo = indices[k] < lo ? indices[k] : lo;
+    hi = indices[k] > hi ? indices[k] : hi;
+  }
+  if (lo < 0 || (nnz > 0 && hi >= cols))
+    return "indices out of range: they must lie in [0, " + std::to_string(cols) + "), found values in [" +
+           std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  return "";
+}
+
 void transpose_csr(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t cols,
                    int64_t* t_indptr, int32_t* t_indices, int64_t* perm) {
   for (int64_t c = 0; c <= cols; ++c) t_indptr[c] = 0;

@@ -11,6 +11,11 @@ namespace sparseprop {
 std::string check_csr(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t nnz,
                       int64_t cols);
 
+// The part of check_csr() that memory safety depends on (no sortedness): ""
+// when indptr starts at 0, never decreases, ends at nnz, and indices are in [0, cols).
+std::string check_bounds(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t nnz,
+                         int64_t cols);
+
 // The pattern of W^T in CSR (= W in CSC): t_indptr has cols + 1 entries,
 // t_indices the row of each nonzero (sorted within each column), and perm[k]
 // the position of that nonzero in the original values array.

@@ -235,7 +235,6 @@ def _bad_state_dicts():
     case("values-too-short", rf"values has shape \({src.nnz - 1},\) but the pattern has {src.nnz}",
          values=lambda t: t[:-1])
     case("values-too-long", rf"values has shape \({src.nnz + 1},\)", values=lambda t: torch.cat([t, t[:1]]))
-    case("values-nan", r"NaN or infinity", values=set_at(0, float("nan")))
     case("indices-float", r"indices must be an integer tensor", indices=lambda t: t.float())
     case("indices-2d", r"indices must be 1-D", indices=lambda t: t.view(1, -1))
     case("indices-one-missing", r"indptr\[-1\]|exceeds the number of nonzeros", indices=lambda t: t[:-1])
@@ -307,6 +306,19 @@ def test_replaced_buffer_with_invalid_pattern_raises(layer):
     layer.indices = torch.full_like(layer.indices, 40)
     with pytest.raises(ValueError, match="out of range"):
         layer(torch.randn(3, 17))
+
+
+def test_nan_values_load_like_nn_linear():
+    """A diverged checkpoint is still the user's data: NaN values load (as in
+    nn.Linear) and propagate, rather than being refused."""
+    src = SparseLinear(10, 6, sparsity=0.5)
+    sd = src.state_dict()
+    sd["values"] = sd["values"].clone()
+    sd["values"][0] = float("nan")
+    dst = SparseLinear(10, 6, sparsity=0.5)
+    dst.load_state_dict(sd)
+    assert torch.isnan(dst.values[0])
+    assert torch.isnan(dst(torch.ones(1, 10))).any()
 
 
 @pytest.mark.parametrize("how", ["data", "numpy"])

@@ -30,9 +30,9 @@ class SparseWeightModule(nn.Module):
 
     def _init_sparse(self, sparsity: float, bias: bool, generator: Optional[torch.Generator]) -> None:
         pattern = CSRPattern.random(*self.pattern_shape, check_sparsity(sparsity), generator)
-        self.values = nn.Parameter(torch.empty(pattern.nnz))
+        self.values = nn.Parameter(torch.empty(pattern.nnz, dtype=torch.float32))
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.weight_shape[0]))
+            self.bias = nn.Parameter(torch.empty(self.weight_shape[0], dtype=torch.float32))
         else:
             self.register_parameter("bias", None)
         self._install_pattern(pattern)
@@ -65,7 +65,7 @@ class SparseWeightModule(nn.Module):
         if values is not None and tuple(values.shape) != (pattern.nnz,):
             raise ValueError(f"values must have shape ({pattern.nnz},), got {tuple(values.shape)}")
         with torch.no_grad():
-            new_values = torch.zeros(pattern.nnz) if values is None else values.detach().float().clone()
+            new_values = torch.zeros(pattern.nnz, dtype=torch.float32) if values is None else values.detach().float().clone()
             if self.values.shape != new_values.shape:
                 self.values.grad = None
             self.values.data = new_values
@@ -120,7 +120,9 @@ class SparseWeightModule(nn.Module):
         """Take the pattern and values of a dense weight (see ``from_dense``)."""
         weight = weight.detach().to("cpu", torch.float32)
         if mask is None:
-            keep = weight != 0
+            # Without a mask, a target sparsity may pick among all entries (even
+            # zero ones, if the weight has too few nonzeros to reach it).
+            keep = weight != 0 if sparsity is None else torch.ones_like(weight, dtype=torch.bool)
         else:
             if tuple(mask.shape) != tuple(weight.shape):
                 raise ValueError(f"mask has shape {tuple(mask.shape)} but the weight is "
@@ -153,7 +155,7 @@ class SparseWeightModule(nn.Module):
             if self.values.shape != (pattern.nnz,):
                 with torch.no_grad():
                     self.values.grad = None
-                    self.values.data = torch.zeros(pattern.nnz)
+                    self.values.data = torch.zeros(pattern.nnz, dtype=torch.float32)
             self._install_pattern(pattern)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

@@ -148,13 +148,27 @@ class CSRPattern:
         """Boolean (rows, cols) mask of the pattern."""
         return self.to_dense(torch.ones(self.nnz)).bool()
 
+    def __getstate__(self):
+        return {"rows": self.rows, "cols": self.cols, "indptr": self.indptr,
+                "indices": self.indices, "transposed": self._t}
+
+    def __setstate__(self, state):
+        self.rows, self.cols = state["rows"], state["cols"]
+        self.indptr, self.indices, self._t = state["indptr"], state["indices"], state["transposed"]
+        _C.check_csr(self.indptr.numpy(), self.indices.numpy(), self.rows, self.cols)
+        self._np = (self.indptr.numpy(), self.indices.numpy())
+        self._t_np = None
+
     def __repr__(self) -> str:
         return f"CSRPattern(shape={self.shape}, nnz={self.nnz}, sparsity={self.sparsity:.4f})"
 
 
 def _as_index(t: torch.Tensor, dtype: torch.dtype, name: str, upper: Optional[int] = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        t = torch.as_tensor(np.asarray(t))
+        array = np.asarray(t)
+        if array.size == 0:
+            array = array.astype(np.int64)  # [] would otherwise be float
+        t = torch.as_tensor(array)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor, got dtype {t.dtype}")
     if t.dim() != 1:
@@ -166,4 +180,5 @@ def _as_index(t: torch.Tensor, dtype: torch.dtype, name: str, upper: Optional[in
         if upper is not None and t.numel() and (int(t.max()) > upper or int(t.min()) < -upper):
             raise ValueError(f"{name} has values outside the int32 range")
         t = t.to(dtype)
-    return t.detach().contiguous()
+    # A private copy: later edits to the caller's tensor cannot bypass validation.
+    return t.detach().clone(memory_format=torch.contiguous_format)

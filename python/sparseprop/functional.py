@@ -1,6 +1,7 @@
 """Autograd functions over the native CSR kernels."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -52,16 +53,16 @@ class _SparseLinearFn(torch.autograd.Function):
         ctx.pattern = pattern
         ctx.contiguous_grad_x = contiguous_grad_x
         ctx.save_for_backward(xt, values)
-        return yt.t()
+        return yt
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y):
+    def backward(ctx, grad_yt):
         pattern: CSRPattern = ctx.pattern
         xt, values = ctx.saved_tensors
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
         threads = get_num_threads()
-        gyt = feature_major(grad_y)  # (out, N); also materializes stride-0 gradients
+        gyt = feature_major(grad_yt.t())  # (out, N); materializes stride-0 gradients
         grad_x = grad_values = grad_bias = None
         if need_x:
             t_indptr, t_indices, t_perm = pattern.transposed_numpy()
@@ -101,11 +102,13 @@ def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor
     if input.dim() == 0 or input.shape[-1] != pattern.cols:
         raise ValueError(f"input must have shape (*, {pattern.cols}), got {tuple(input.shape)}")
     lead = input.shape[:-1]
-    x2d = input.reshape(-1, pattern.cols)
-    y2d = _SparseLinearFn.apply(x2d, values.contiguous(),
+    x2d = input.reshape(math.prod(lead), pattern.cols)
+    # The Function returns y^T (out, N); transposing outside it keeps the result
+    # an ordinary view that in-place ops (ReLU(inplace=True)) may modify.
+    yt = _SparseLinearFn.apply(x2d, values.contiguous(),
                                 None if bias is None else bias.contiguous(), pattern,
                                 input.is_leaf and input.requires_grad)
-    return y2d.reshape(*lead, pattern.rows)
+    return yt.t().reshape(*lead, pattern.rows)
 
 
 def sparse_conv2d(*args, **kwargs):
