@@ -1,7 +1,6 @@
 #include "linear_ops.h"
 
 #include <algorithm>
-#include <memory>
 #include <vector>
 
 #include "csr.h"
@@ -40,6 +39,15 @@ void run_split(const std::vector<int64_t>& bounds, const Body& body) {
   }, &ctx);
 }
 
+// Per-thread scratch buffers that only grow: a fresh large allocation costs a
+// page fault per 4 KiB on first touch, often more than the work done in it.
+float* scratch(int64_t count, int slot) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& b = buffers[slot];
+  if (int64_t(b.size()) < count) b.resize(size_t(count));
+  return b.data();
+}
+
 std::vector<int64_t> even_split(int64_t n, int parts) {
   std::vector<int64_t> bounds(size_t(parts) + 1);
   for (int p = 0; p <= parts; ++p) bounds[p] = n * p / parts;
@@ -61,11 +69,9 @@ int row_threads(const int64_t* indptr, int64_t rows, int64_t n, int64_t segments
 void spmm(const SpmmArgs& args, int64_t rows, int num_threads) {
   const int n = row_threads(args.indptr, rows, args.n, args.segments, num_threads);
   SpmmArgs a = args;
-  std::unique_ptr<float[]> gathered;
   if (args.perm) {
     const int64_t nnz = args.indptr[rows];
-    gathered.reset(new float[size_t(std::max<int64_t>(nnz, 1))]);
-    float* out = gathered.get();
+    float* out = scratch(nnz, 0);
     run_split(even_split(nnz, threads_for(nnz, nnz, num_threads)), [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) out[k] = args.values[args.perm[k]];
     });
@@ -95,12 +101,7 @@ void to_batch_inner(const float* src, int64_t n, int64_t c, int64_t h, int64_t w
                     int64_t top, int64_t bottom, int64_t left, int64_t right, int num_threads) {
   const int64_t hd = h + top + bottom, wd = w + left + right, chw = c * h * w;
   const bool bordered = top || bottom || left || right;
-  std::unique_ptr<float[]> scratch;
-  float* packed = dst;
-  if (bordered) {
-    scratch.reset(new float[size_t(std::max<int64_t>(chw * n, 1))]);
-    packed = scratch.get();
-  }
+  float* packed = bordered ? scratch(chw * n, 0) : dst;
   transpose(TransposeArgs{src, n, chw, chw, packed, n}, num_threads);
   if (!bordered) return;
   const int threads = threads_for(c * hd * wd * n, c, num_threads);
@@ -123,11 +124,9 @@ void from_batch_inner(const float* src, int64_t hs, int64_t ws, int64_t top, int
                       float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int num_threads) {
   const int64_t chw = c * h * w;
   const bool windowed = top || left || hs != h || ws != w;
-  std::unique_ptr<float[]> scratch;
   const float* packed = src;
   if (windowed) {
-    scratch.reset(new float[size_t(std::max<int64_t>(chw * n, 1))]);
-    float* out = scratch.get();
+    float* out = scratch(chw * n, 0);
     const int threads = threads_for(chw * n, c, num_threads);
     run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch)

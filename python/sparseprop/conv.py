@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import _C
+from . import _C, _workspace
 from ._backend import as_numpy, get_num_threads
 from .csr import CSRPattern
 from .functional import check_float32_cpu
@@ -161,9 +161,10 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
 
 
 def batch_inner(t: torch.Tensor, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0) -> torch.Tensor:
-    """(C, H + top + bottom, W + left + right, N) zero-bordered copy of t (N, C, H, W)."""
+    """(C, H + top + bottom, W + left + right, N) zero-bordered copy of t (N, C, H, W),
+    in a pooled buffer: for intermediates only."""
     n, c, h, w = t.shape
-    out = torch.empty(c, h + top + bottom, w + left + right, n, dtype=torch.float32)
+    out = _workspace.empty(c, h + top + bottom, w + left + right, n)
     _C.to_batch_inner(as_numpy(_nchw(t)), as_numpy(out), top, bottom, left, right, get_num_threads())
     return out
 
@@ -184,7 +185,8 @@ def to_phases(x: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
         out = batch_inner(x, pt, pb, pl, pr)
     else:
         padded = F.pad(x, (pl, plan.ws * sw - plan.w - pl, pt, plan.hs * sh - plan.h - pt))
-        out = padded.view(n, c, plan.hs, sh, plan.ws, sw).permute(1, 3, 5, 2, 4, 0).contiguous()
+        out = _workspace.empty(c, sh, sw, plan.hs, plan.ws, n)
+        out.copy_(padded.view(n, c, plan.hs, sh, plan.ws, sw).permute(1, 3, 5, 2, 4, 0))
     return out.view(c * sh * sw, -1)
 
 
@@ -196,7 +198,8 @@ def from_phases(dxp: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tens
         return nchw(dxp.view(c, plan.hs, plan.ws, plan.n), plan.h, plan.w, pt, pl)
     full = dxp.view(c, sh, sw, plan.hs, plan.ws, plan.n).permute(5, 0, 3, 1, 4, 2)
     full = full.reshape(plan.n, c, plan.hs * sh, plan.ws * sw)
-    return full[:, :, pt:pt + plan.h, pl:pl + plan.w].contiguous()
+    # Always a copy: dxp is a pooled buffer and must not leak into the result.
+    return full[:, :, pt:pt + plan.h, pl:pl + plan.w].clone(memory_format=torch.contiguous_format)
 
 
 class _SparseConv2dFn(torch.autograd.Function):
@@ -204,7 +207,7 @@ class _SparseConv2dFn(torch.autograd.Function):
     def forward(ctx, x, values, bias, pattern: CSRPattern, spec: ConvSpec, plan: ConvPlan):
         xp = to_phases(x, spec, plan)
         o, oh, ow, n = spec.out_channels, plan.oh, plan.ow, plan.n
-        y = torch.empty(o, oh * ow * n, dtype=torch.float32)
+        y = _workspace.empty(o, oh * ow * n)
         segs, run, xs, ys = _segments(oh, ow * n, plan.ws * n, ow * n)
         indptr, _ = pattern.numpy()
         _C.spmm_offsets(indptr, as_numpy(plan.fwd_offsets), as_numpy(values), None, as_numpy(bias),
@@ -234,7 +237,7 @@ class _SparseConv2dFn(torch.autograd.Function):
                 _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), flat, (bh * plan.wg + bw) * n,
                                  plan.hg * plan.wg * n, as_numpy(xp).reshape(-1),
                                  as_numpy(grad_values), run, segs, xs, ds, threads)
-            dxp = torch.empty(plan.phase_channels, plan.hs * plan.ws * n, dtype=torch.float32)
+            dxp = _workspace.empty(plan.phase_channels, plan.hs * plan.ws * n)
             segs, run, xs, ys = _segments(plan.hs, plan.ws * n, plan.wg * n, plan.ws * n)
             _C.spmm_offsets(as_numpy(plan.bwd_indptr), as_numpy(plan.bwd_offsets), as_numpy(values),
                             as_numpy(plan.bwd_perm), None, flat, as_numpy(dxp), run, segs, xs, ys,
