@@ -124,6 +124,53 @@ void run_case(const std::string& isa, int64_t rows, int64_t cols, double density
   expect_close(xt, xt_ref, 1.0, "transpose " + what);
 }
 
+// The offset form used by convolutions: operand of nonzero k at x + offsets[k],
+// repeated over segments with their own strides.
+void run_offsets_case(const std::string& isa, int64_t rows, int64_t nnz_per_row, int64_t n,
+                      int64_t segments, int threads, std::mt19937& rng) {
+  const int64_t xs = n + 3, ys = n + 1, x_size = 200 + segments * xs + n;
+  std::uniform_int_distribution<int64_t> pick(0, 200);
+  std::vector<int64_t> indptr{0}, offsets;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < nnz_per_row; ++j) offsets.push_back(pick(rng));
+    indptr.push_back(int64_t(offsets.size()));
+  }
+  const int64_t nnz = int64_t(offsets.size());
+  const std::vector<float> values = random_vector(size_t(nnz), rng);
+  const std::vector<float> x = random_vector(size_t(x_size), rng);
+  const int64_t ldy = (segments - 1) * ys + n + 2;
+  const std::vector<float> dy = random_vector(size_t(rows * ldy), rng);
+  const std::string what = isa + " offsets rows=" + std::to_string(rows) + " n=" + std::to_string(n) +
+                           " segments=" + std::to_string(segments);
+
+  std::vector<double> y_ref(size_t(rows * ldy), 0.0), dv_ref(size_t(nnz), 0.0);
+  std::vector<float> y(size_t(rows * ldy), 0.0f), dv(size_t(nnz), NAN);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t s = 0; s < segments; ++s)
+      for (int64_t t = 0; t < n; ++t) {
+        double acc = 0.0;
+        for (int64_t k = indptr[r]; k < indptr[r + 1]; ++k) {
+          acc += double(values[k]) * x[offsets[k] + s * xs + t];
+          dv_ref[k] += double(dy[r * ldy + s * ys + t]) * x[offsets[k] + s * xs + t];
+        }
+        y_ref[r * ldy + s * ys + t] = acc;
+      }
+  SpmmArgs fa{indptr.data(), nullptr, values.data(), nullptr, nullptr, x.data(), 0, y.data(), ldy, n};
+  fa.offsets = offsets.data();
+  fa.segments = segments;
+  fa.x_segment_stride = xs;
+  fa.y_segment_stride = ys;
+  spmm(fa, rows, threads);
+  expect_close(y, y_ref, double(nnz_per_row), "spmm " + what);
+  SddmmArgs sa{indptr.data(), nullptr, dy.data(), ldy, x.data(), 0, dv.data(), n};
+  sa.offsets = offsets.data();
+  sa.segments = segments;
+  sa.x_segment_stride = xs;
+  sa.dy_segment_stride = ys;
+  sddmm(sa, rows, threads);
+  expect_close(dv, dv_ref, double(n * segments), "sddmm " + what);
+}
+
 }  // namespace
 
 int main() {
@@ -140,6 +187,9 @@ int main() {
           run_case(isa, s[0], s[1], d, n, 1 + (cases % 2), rng);
           ++cases;
         }
+    for (int64_t n : {1, 5, 16, 31, 130})
+      for (int64_t segments : {1, 3})
+        run_offsets_case(isa, 7, 4, n, segments, 1 + (cases++ % 2), rng);
     std::printf("%-7s ok so far: %d cases, %d failures\n", isa.c_str(), cases, failures);
   }
   return failures == 0 ? 0 : 1;
