@@ -2,6 +2,9 @@
 
 Run as ``python -m sparseprop.bench`` (or the ``sparseprop-bench`` console script);
 ``--help`` lists the options, ``--quick`` is a seconds-long smoke run.
+``--conv`` (convolution layers) and ``--resnet18`` (a whole training step) run the
+benchmarks of :mod:`sparseprop.bench_conv` instead; ``--conv --help`` and
+``--resnet18 --help`` list their options.
 
 Method. For every (shape, batch, sparsity) a random ``SparseLinear`` is built and
 its dense twin is ``m.to_dense()`` (same masked weights, same bias). Both run in the
@@ -22,6 +25,7 @@ Speedups are dense time / sparse time: above 1 means the sparse layer is faster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import math
@@ -455,12 +459,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="save fwd+bwd speedup vs sparsity (needs matplotlib)")
     p.add_argument("--markdown", action="store_true",
                    help="print a GitHub markdown table (progress goes to stderr)")
+    modes = p.add_argument_group(
+        "other benchmarks", "each takes its own options (batch, sparsity, threads, reps, "
+        "markdown, csv, quick, ...); put --help after it to list them, e.g. "
+        "'python -m sparseprop.bench --conv --help'")
+    modes.add_argument("--conv", action="store_true",
+                       help="dense nn.Conv2d vs SparseConv2d per layer: ResNet-18 (CIFAR) 3x3, "
+                            "stride-2 3x3 and 1x1 shortcut layers, MobileNet depthwise/pointwise")
+    modes.add_argument("--resnet18", action="store_true",
+                       help="one SGD training step of a CIFAR ResNet-18, dense vs every conv but "
+                            "the stem sparse, plus the share of the step spent outside convolutions")
     return p
 
 
+def _split_mode(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """('conv' | 'resnet18' | None, the other arguments); the flags must be spelled out."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--conv", action="store_true")
+    pre.add_argument("--resnet18", action="store_true")
+    mode, rest = pre.parse_known_args(list(argv))
+    if mode.conv and mode.resnet18:
+        raise SystemExit("python -m sparseprop.bench: error: --conv and --resnet18 are separate "
+                         "runs; give one of them")
+    return ("conv" if mode.conv else "resnet18" if mode.resnet18 else None), rest
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line entry point: the linear table, or ``--conv`` / ``--resnet18``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode, rest = _split_mode(argv)
+    if mode is not None:
+        from . import bench_conv
+        return bench_conv.main_conv(rest) if mode == "conv" else bench_conv.main_resnet18(rest)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.conv or args.resnet18:  # an abbreviation such as --con got here
+        parser.error("spell out --conv / --resnet18 in full")
 
     shapes = args.shapes or _parse_shapes(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
     batches = args.batch or _parse_list(int, bool, "batch")(QUICK_BATCHES if args.quick else DEFAULT_BATCHES)
@@ -476,29 +510,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     threads = args.threads if args.threads is not None else torch.get_num_threads()
     if threads < 1:
         parser.error("--threads must be >= 1")
-    # main() may be called in-process (tests, notebooks): put the thread and ISA settings back.
+    with run_settings(parser, threads, args.isa):
+        return _run(args, parser, shapes, batches, sparsities, reps, warmup, threads)
+
+
+@contextlib.contextmanager
+def run_settings(parser: argparse.ArgumentParser, threads: int, isa: Optional[str]):
+    """Use ``threads`` for torch and sparseprop alike and force ``isa`` (if given) inside
+    the block; afterwards put the previous settings back (``main()`` may be called
+    in-process: tests, notebooks). A bad ``isa`` is reported through ``parser.error``."""
     cfg = sparseprop.config()
     saved = (torch.get_num_threads(), None if cfg["threads_follow_torch"] else cfg["num_threads"],
              sparseprop.get_isa())
     try:
-        return _run(args, parser, shapes, batches, sparsities, reps, warmup, threads)
+        torch.set_num_threads(threads)
+        sparseprop.set_num_threads(threads)
+        if isa:
+            try:
+                sparseprop.set_isa(isa)
+            except (ValueError, RuntimeError) as err:
+                parser.error(f"--isa {isa}: {err} (available: {', '.join(sparseprop.available_isas())})")
+        yield
     finally:
         torch.set_num_threads(saved[0])
         sparseprop.set_num_threads(saved[1])
-        if args.isa:
+        if isa:
             best = sparseprop.available_isas()[-1]
             sparseprop.set_isa(None if saved[2] == best else saved[2])
 
 
 def _run(args, parser, shapes, batches, sparsities, reps, warmup, threads) -> int:
-    torch.set_num_threads(threads)
-    sparseprop.set_num_threads(threads)
-    if args.isa:
-        try:
-            sparseprop.set_isa(args.isa)
-        except (ValueError, RuntimeError) as err:
-            parser.error(f"--isa {args.isa}: {err} (available: {', '.join(sparseprop.available_isas())})")
-
     if args.plot:
         _import_matplotlib()  # fail now, not after the whole run
 
