@@ -94,25 +94,29 @@ void transpose(const TransposeArgs& args, int num_threads) {
   run_split(even_split(args.cols, n), [&](int64_t b, int64_t e) { kernel(args, b, e); });
 }
 
-// Both image layout changes are one big (n, c*h*w) <-> (c*h*w, n) transpose,
-// whose cache-blocked tiles read and write long runs, plus a pass of plain row
-// copies for the border (tiny per-row transposes would stride across pages).
+// Both image layout changes go one channel at a time through a per-thread
+// buffer of h*w*n floats (small enough for L2): one cache-blocked transpose
+// between the channel's (n, h*w) slab and the buffer, and plain row copies
+// between the buffer and the bordered plane.
 void to_batch_inner(const float* src, int64_t n, int64_t c, int64_t h, int64_t w, float* dst,
                     int64_t top, int64_t bottom, int64_t left, int64_t right, int num_threads) {
-  const int64_t hd = h + top + bottom, wd = w + left + right, chw = c * h * w;
-  const bool bordered = top || bottom || left || right;
-  float* packed = bordered ? scratch(chw * n, 0) : dst;
-  transpose(TransposeArgs{src, n, chw, chw, packed, n}, num_threads);
-  if (!bordered) return;
+  const int64_t hd = h + top + bottom, wd = w + left + right, hw = h * w;
+  if (hd == h && wd == w) {  // no border: one big transpose straight into dst
+    transpose(TransposeArgs{src, n, c * hw, c * hw, dst, n}, num_threads);
+    return;
+  }
+  const auto kernel = active_kernels().transpose;
   const int threads = threads_for(c * hd * wd * n, c, num_threads);
   run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
+    float* packed = scratch(hw * n, 1);
     for (int64_t ch = c0; ch < c1; ++ch) {
+      kernel(TransposeArgs{src + ch * hw, n, hw, c * hw, packed, n}, 0, hw);
       float* plane = dst + ch * hd * wd * n;
       std::fill(plane, plane + top * wd * n, 0.0f);
       for (int64_t i = 0; i < h; ++i) {
         float* row = plane + (top + i) * wd * n;
         std::fill(row, row + left * n, 0.0f);
-        std::copy_n(packed + (ch * h + i) * w * n, w * n, row + left * n);
+        std::copy_n(packed + i * w * n, w * n, row + left * n);
         std::fill(row + (left + w) * n, row + wd * n, 0.0f);
       }
       std::fill(plane + (top + h) * wd * n, plane + hd * wd * n, 0.0f);
@@ -122,20 +126,21 @@ void to_batch_inner(const float* src, int64_t n, int64_t c, int64_t h, int64_t w
 
 void from_batch_inner(const float* src, int64_t hs, int64_t ws, int64_t top, int64_t left,
                       float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int num_threads) {
-  const int64_t chw = c * h * w;
-  const bool windowed = top || left || hs != h || ws != w;
-  const float* packed = src;
-  if (windowed) {
-    float* out = scratch(chw * n, 0);
-    const int threads = threads_for(chw * n, c, num_threads);
-    run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
-      for (int64_t ch = c0; ch < c1; ++ch)
-        for (int64_t i = 0; i < h; ++i)
-          std::copy_n(src + ((ch * hs + top + i) * ws + left) * n, w * n, out + (ch * h + i) * w * n);
-    });
-    packed = out;
+  const int64_t hw = h * w;
+  if (top == 0 && left == 0 && hs == h && ws == w) {  // no window: one big transpose
+    transpose(TransposeArgs{src, c * hw, n, n, dst, c * hw}, num_threads);
+    return;
   }
-  transpose(TransposeArgs{packed, chw, n, n, dst, chw}, num_threads);
+  const auto kernel = active_kernels().transpose;
+  const int threads = threads_for(c * hw * n, c, num_threads);
+  run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
+    float* packed = scratch(hw * n, 1);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      for (int64_t i = 0; i < h; ++i)
+        std::copy_n(src + ((ch * hs + top + i) * ws + left) * n, w * n, packed + i * w * n);
+      kernel(TransposeArgs{packed, hw, n, n, dst + ch * hw, c * hw}, 0, n);
+    }
+  });
 }
 
 }  // namespace sparseprop

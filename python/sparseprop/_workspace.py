@@ -1,10 +1,12 @@
-"""Reused float32 buffers for intermediates that never reach the caller.
+"""A small caching allocator for the float32 tensors the sparse layers create.
 
 A fresh multi-megabyte tensor costs a page fault per 4 KiB on first touch with
 glibc's default malloc, which can take longer than the sparse kernel that fills
-it. Layout copies and saved activations of the sparse layers therefore come
-from this pool: a buffer is handed out again only once nothing else holds its
-storage (the autograd graph that saved it has been freed, views are gone).
+it. Outputs, gradients, layout copies and saved activations of the sparse
+layers therefore come from this pool. A buffer is handed out again only once
+nothing else holds its storage: the caller dropped the output (and every view
+of it), the autograd graph that saved it was freed. ``empty_cache()`` releases
+the pool.
 """
 from __future__ import annotations
 

@@ -161,8 +161,7 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
 
 
 def batch_inner(t: torch.Tensor, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0) -> torch.Tensor:
-    """(C, H + top + bottom, W + left + right, N) zero-bordered copy of t (N, C, H, W),
-    in a pooled buffer: for intermediates only."""
+    """(C, H + top + bottom, W + left + right, N) zero-bordered copy of t (N, C, H, W)."""
     n, c, h, w = t.shape
     out = _workspace.empty(c, h + top + bottom, w + left + right, n)
     _C.to_batch_inner(as_numpy(_nchw(t)), as_numpy(out), top, bottom, left, right, get_num_threads())
@@ -172,7 +171,7 @@ def batch_inner(t: torch.Tensor, top: int = 0, bottom: int = 0, left: int = 0, r
 def nchw(t: torch.Tensor, h: int, w: int, top: int = 0, left: int = 0) -> torch.Tensor:
     """(N, C, h, w) contiguous copy of the window at (top, left) of t (C, Hs, Ws, N)."""
     c, _, _, n = t.shape
-    out = torch.empty(n, c, h, w, dtype=torch.float32)
+    out = _workspace.empty(n, c, h, w)
     _C.from_batch_inner(as_numpy(t), top, left, as_numpy(out), get_num_threads())
     return out
 
@@ -198,8 +197,7 @@ def from_phases(dxp: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tens
         return nchw(dxp.view(c, plan.hs, plan.ws, plan.n), plan.h, plan.w, pt, pl)
     full = dxp.view(c, sh, sw, plan.hs, plan.ws, plan.n).permute(5, 0, 3, 1, 4, 2)
     full = full.reshape(plan.n, c, plan.hs * sh, plan.ws * sw)
-    # Always a copy: dxp is a pooled buffer and must not leak into the result.
-    return full[:, :, pt:pt + plan.h, pl:pl + plan.w].clone(memory_format=torch.contiguous_format)
+    return full[:, :, pt:pt + plan.h, pl:pl + plan.w].contiguous()
 
 
 class _SparseConv2dFn(torch.autograd.Function):
@@ -232,7 +230,7 @@ class _SparseConv2dFn(torch.autograd.Function):
             gyp = batch_inner(grad_y, bh, plan.hg - oh - bh, bw, plan.wg - ow - bw)
             flat = as_numpy(gyp).reshape(-1)
             if need_values:
-                grad_values = torch.empty(pattern.nnz, dtype=torch.float32)
+                grad_values = _workspace.empty(pattern.nnz)
                 segs, run, xs, ds = _segments(oh, ow * n, plan.ws * n, plan.wg * n)
                 _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), flat, (bh * plan.wg + bw) * n,
                                  plan.hg * plan.wg * n, as_numpy(xp).reshape(-1),
@@ -245,7 +243,7 @@ class _SparseConv2dFn(torch.autograd.Function):
             grad_x = from_phases(dxp, spec, plan)
         elif need_values:
             gyc = batch_inner(grad_y)
-            grad_values = torch.empty(pattern.nnz, dtype=torch.float32)
+            grad_values = _workspace.empty(pattern.nnz)
             segs, run, xs, ds = _segments(oh, ow * n, plan.ws * n, ow * n)
             _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), as_numpy(gyc).reshape(-1), 0,
                              oh * ow * n, as_numpy(xp).reshape(-1), as_numpy(grad_values), run,
@@ -279,8 +277,7 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
     if spec.padding_mode != "zeros" and any(pads):
         # Non-zero padding modes pad explicitly (differentiably), then convolve unpadded.
         t, b, l, r = pads
-        mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
-        x = F.pad(x, (l, r, t, b), mode=mode)
+        x = F.pad(x, (l, r, t, b), mode=spec.padding_mode)
         pads = (0, 0, 0, 0)
     n, _, h, w = x.shape
     if n == 0:

@@ -23,17 +23,16 @@ def check_float32_cpu(t: torch.Tensor, name: str) -> None:
                         f"(convert with .float())")
 
 
-def feature_major(x2d: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+def feature_major(x2d: torch.Tensor) -> torch.Tensor:
     """(C, N) contiguous tensor holding x2d^T, for an (N, C) matrix x2d.
 
     Free when x2d is itself a transposed view of such a tensor, which is what
-    sparse layers return; otherwise one threaded, cache-blocked transpose, into
-    a pooled buffer if ``scratch`` (the result must then not reach the caller)."""
+    sparse layers return; otherwise one threaded, cache-blocked transpose."""
     xt = x2d.t()
     if xt.is_contiguous():
         return xt
     src = x2d.contiguous()
-    out = _workspace.empty(*xt.shape) if scratch else torch.empty(xt.shape, dtype=torch.float32)
+    out = _workspace.empty(*xt.shape)
     _C.transpose(as_numpy(src), as_numpy(out), get_num_threads())
     return out
 
@@ -47,8 +46,8 @@ class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, values, bias, pattern: CSRPattern, contiguous_grad_x: bool):
         indptr, indices = pattern.numpy()
-        xt = feature_major(x2d, scratch=True)
-        yt = torch.empty(pattern.rows, x2d.shape[0], dtype=torch.float32)
+        xt = feature_major(x2d)
+        yt = _workspace.empty(pattern.rows, x2d.shape[0])
         _C.spmm(indptr, indices, as_numpy(values), None, as_numpy(bias), as_numpy(xt),
                 as_numpy(yt), get_num_threads())
         ctx.pattern = pattern
@@ -63,20 +62,19 @@ class _SparseLinearFn(torch.autograd.Function):
         xt, values = ctx.saved_tensors
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
         threads = get_num_threads()
-        gyt = feature_major(grad_yt.t(), scratch=True)  # (out, N); materializes stride-0 gradients
+        gyt = feature_major(grad_yt.t())  # (out, N); materializes stride-0 gradients
         grad_x = grad_values = grad_bias = None
         if need_x:
             t_indptr, t_indices, t_perm = pattern.transposed_numpy()
-            leaf = ctx.contiguous_grad_x
-            gxt = (_workspace.empty if leaf else torch.empty)(pattern.cols, gyt.shape[1])
+            gxt = _workspace.empty(pattern.cols, gyt.shape[1])
             _C.spmm(t_indptr, t_indices, as_numpy(values), t_perm, None, as_numpy(gyt),
                     as_numpy(gxt), threads)
             # A leaf input would have torch copy the transposed view into a
             # contiguous .grad (slowly); everyone else takes the view for free.
-            grad_x = feature_major(gxt) if leaf else gxt.t()
+            grad_x = feature_major(gxt) if ctx.contiguous_grad_x else gxt.t()
         if need_values:
             indptr, indices = pattern.numpy()
-            grad_values = torch.empty(pattern.nnz, dtype=torch.float32)
+            grad_values = _workspace.empty(pattern.nnz)
             _C.sddmm(indptr, indices, as_numpy(gyt), as_numpy(xt), as_numpy(grad_values), threads)
         if need_bias:
             grad_bias = gyt.sum(dim=1)
