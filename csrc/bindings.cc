@@ -242,29 +242,33 @@ void transpose_py(py::handle src_o, py::handle dst_o, int num_threads) {
   transpose(a, num_threads);
 }
 
-void to_batch_inner_py(py::handle src_o, py::handle dst_o, int64_t top, int64_t bottom, int64_t left,
-                       int64_t right, int num_threads) {
+void to_phase_layout_py(py::handle src_o, py::handle dst_o, int64_t sh, int64_t sw, int64_t top,
+                        int64_t left, int num_threads) {
   auto src = checked<float>(src_o, "src", 4);
-  auto dst = checked<float>(dst_o, "dst", 4, true);
+  auto dst = checked<float>(dst_o, "dst", 6, true);
   const int64_t n = src.shape(0), c = src.shape(1), h = src.shape(2), w = src.shape(3);
-  expect(top >= 0 && bottom >= 0 && left >= 0 && right >= 0, "padding must be non-negative");
-  expect(dst.shape(0) == c && dst.shape(1) == h + top + bottom && dst.shape(2) == w + left + right &&
-             dst.shape(3) == n,
-         "dst must have shape (C, H + top + bottom, W + left + right, N)");
+  const int64_t hs = dst.shape(3), ws = dst.shape(4);
+  expect(sh >= 1 && sw >= 1 && top >= 0 && left >= 0, "strides must be >= 1 and padding >= 0");
+  expect(dst.shape(0) == c && dst.shape(1) == sh && dst.shape(2) == sw && dst.shape(5) == n,
+         "dst must have shape (C, sh, sw, Hs, Ws, N)");
+  expect(h == 0 || (h - 1 + top) / sh < hs, "the padded rows do not fit in Hs");
+  expect(w == 0 || (w - 1 + left) / sw < ws, "the padded columns do not fit in Ws");
   py::gil_scoped_release unlocked;
-  to_batch_inner(src.data(), n, c, h, w, dst.mutable_data(), top, bottom, left, right, num_threads);
+  to_phase_layout(src.data(), n, c, h, w, sh, sw, top, left, hs, ws, dst.mutable_data(), num_threads);
 }
 
-void from_batch_inner_py(py::handle src_o, int64_t top, int64_t left, py::handle dst_o, int num_threads) {
-  auto src = checked<float>(src_o, "src", 4);
+void from_phase_layout_py(py::handle src_o, int64_t top, int64_t left, py::handle dst_o,
+                          int num_threads) {
+  auto src = checked<float>(src_o, "src", 6);
   auto dst = checked<float>(dst_o, "dst", 4, true);
   const int64_t n = dst.shape(0), c = dst.shape(1), h = dst.shape(2), w = dst.shape(3);
-  expect(src.shape(0) == c && src.shape(3) == n && top >= 0 && left >= 0 &&
-             top + h <= src.shape(1) && left + w <= src.shape(2),
-         "src must have shape (C, Hs, Ws, N) containing the (H, W) window at (top, left)");
+  const int64_t sh = src.shape(1), sw = src.shape(2), hs = src.shape(3), ws = src.shape(4);
+  expect(src.shape(0) == c && src.shape(5) == n && top >= 0 && left >= 0,
+         "src must have shape (C, sh, sw, Hs, Ws, N) matching dst (N, C, H, W)");
+  expect(h == 0 || (h - 1 + top) / sh < hs, "the window's rows do not fit in Hs");
+  expect(w == 0 || (w - 1 + left) / sw < ws, "the window's columns do not fit in Ws");
   py::gil_scoped_release unlocked;
-  from_batch_inner(src.data(), src.shape(1), src.shape(2), top, left, dst.mutable_data(), n, c, h, w,
-                   num_threads);
+  from_phase_layout(src.data(), sh, sw, top, left, hs, ws, dst.mutable_data(), n, c, h, w, num_threads);
 }
 
 void check_csr_py(py::handle indptr_o, py::handle indices_o, int64_t rows, int64_t cols) {
@@ -337,12 +341,12 @@ PYBIND11_MODULE(_C, m) {
         "out[k] = sum_s sum_t dy[dy_offset + r*lddy + s*dys + t] * x[offsets[k] + s*xs + t], t < n");
   m.def("transpose", &transpose_py, py::arg("src"), py::arg("dst"), py::arg("num_threads"),
         "dst = src.T for C-contiguous float32 matrices, cache-blocked and threaded");
-  m.def("to_batch_inner", &to_batch_inner_py, py::arg("src"), py::arg("dst"), py::arg("top"),
-        py::arg("bottom"), py::arg("left"), py::arg("right"), py::arg("num_threads"),
-        "dst (C, H+top+bottom, W+left+right, N) = zero-bordered batch-innermost copy of src (N, C, H, W)");
-  m.def("from_batch_inner", &from_batch_inner_py, py::arg("src"), py::arg("top"), py::arg("left"),
-        py::arg("dst"), py::arg("num_threads"),
-        "dst (N, C, H, W) = the (H, W) window at (top, left) of src (C, Hs, Ws, N)");
+  m.def("to_phase_layout", &to_phase_layout_py, py::arg("src"), py::arg("dst"), py::arg("sh"),
+        py::arg("sw"), py::arg("top"), py::arg("left"), py::arg("num_threads"),
+        "dst (C, sh, sw, Hs, Ws, N) = src (N, C, H, W) padded by (top, left), split into stride "
+        "phases, batch innermost, zeros elsewhere");
+  m.def("from_phase_layout", &from_phase_layout_py, py::arg("src"), py::arg("top"), py::arg("left"),
+        py::arg("dst"), py::arg("num_threads"), "The inverse of to_phase_layout on real pixels");
   m.def("check_csr", &check_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"),
         py::arg("cols"), "Raise ValueError naming the first problem of an invalid CSR pattern");
   m.def("transpose_csr", &transpose_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("cols"),

@@ -96,39 +96,46 @@ void transpose(const TransposeArgs& args, int num_threads) {
 
 // Both image layout changes go one channel at a time through a per-thread
 // buffer of h*w*n floats (small enough for L2): one cache-blocked transpose
-// between the channel's (n, h*w) slab and the buffer, and plain row copies
-// between the buffer and the bordered plane.
-void to_batch_inner(const float* src, int64_t n, int64_t c, int64_t h, int64_t w, float* dst,
-                    int64_t top, int64_t bottom, int64_t left, int64_t right, int num_threads) {
-  const int64_t hd = h + top + bottom, wd = w + left + right, hw = h * w;
-  if (hd == h && wd == w) {  // no border: one big transpose straight into dst
-    transpose(TransposeArgs{src, n, c * hw, c * hw, dst, n}, num_threads);
+// between the channel's (n, h*w) slab and the buffer, and copies of n-float
+// pixels (whole rows when the stride is 1) between the buffer and the phases.
+void to_phase_layout(const float* src, int64_t n, int64_t c, int64_t h, int64_t w, int64_t sh,
+                     int64_t sw, int64_t top, int64_t left, int64_t hs, int64_t ws, float* dst,
+                     int num_threads) {
+  const int64_t hw = h * w, phase = hs * ws * n;
+  if (sh == 1 && sw == 1 && top == 0 && left == 0 && hs == h && ws == w) {
+    transpose(TransposeArgs{src, n, c * hw, c * hw, dst, n}, num_threads);  // no border
     return;
   }
   const auto kernel = active_kernels().transpose;
-  const int threads = threads_for(c * hd * wd * n, c, num_threads);
+  const int threads = threads_for(c * sh * sw * phase, c, num_threads);
   run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
     float* packed = scratch(hw * n, 1);
     for (int64_t ch = c0; ch < c1; ++ch) {
       kernel(TransposeArgs{src + ch * hw, n, hw, c * hw, packed, n}, 0, hw);
-      float* plane = dst + ch * hd * wd * n;
-      std::fill(plane, plane + top * wd * n, 0.0f);
+      float* phases = dst + ch * sh * sw * phase;
+      std::fill(phases, phases + sh * sw * phase, 0.0f);
       for (int64_t i = 0; i < h; ++i) {
-        float* row = plane + (top + i) * wd * n;
-        std::fill(row, row + left * n, 0.0f);
-        std::copy_n(packed + i * w * n, w * n, row + left * n);
-        std::fill(row + (left + w) * n, row + wd * n, 0.0f);
+        const int64_t pi = i + top;
+        float* row = phases + (pi % sh) * sw * phase + (pi / sh) * ws * n;
+        if (sw == 1) {
+          std::copy_n(packed + i * w * n, w * n, row + left * n);
+          continue;
+        }
+        for (int64_t j = 0; j < w; ++j) {
+          const int64_t pj = j + left;
+          std::copy_n(packed + (i * w + j) * n, n, row + (pj % sw) * phase + (pj / sw) * n);
+        }
       }
-      std::fill(plane + (top + h) * wd * n, plane + hd * wd * n, 0.0f);
     }
   });
 }
 
-void from_batch_inner(const float* src, int64_t hs, int64_t ws, int64_t top, int64_t left,
-                      float* dst, int64_t n, int64_t c, int64_t h, int64_t w, int num_threads) {
-  const int64_t hw = h * w;
-  if (top == 0 && left == 0 && hs == h && ws == w) {  // no window: one big transpose
-    transpose(TransposeArgs{src, c * hw, n, n, dst, c * hw}, num_threads);
+void from_phase_layout(const float* src, int64_t sh, int64_t sw, int64_t top, int64_t left,
+                       int64_t hs, int64_t ws, float* dst, int64_t n, int64_t c, int64_t h,
+                       int64_t w, int num_threads) {
+  const int64_t hw = h * w, phase = hs * ws * n;
+  if (sh == 1 && sw == 1 && top == 0 && left == 0 && hs == h && ws == w) {
+    transpose(TransposeArgs{src, c * hw, n, n, dst, c * hw}, num_threads);  // no border
     return;
   }
   const auto kernel = active_kernels().transpose;
@@ -136,8 +143,19 @@ void from_batch_inner(const float* src, int64_t hs, int64_t ws, int64_t top, int
   run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
     float* packed = scratch(hw * n, 1);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      for (int64_t i = 0; i < h; ++i)
-        std::copy_n(src + ((ch * hs + top + i) * ws + left) * n, w * n, packed + i * w * n);
+      const float* phases = src + ch * sh * sw * phase;
+      for (int64_t i = 0; i < h; ++i) {
+        const int64_t pi = i + top;
+        const float* row = phases + (pi % sh) * sw * phase + (pi / sh) * ws * n;
+        if (sw == 1) {
+          std::copy_n(row + left * n, w * n, packed + i * w * n);
+          continue;
+        }
+        for (int64_t j = 0; j < w; ++j) {
+          const int64_t pj = j + left;
+          std::copy_n(row + (pj % sw) * phase + (pj / sw) * n, n, packed + (i * w + j) * n);
+        }
+      }
       kernel(TransposeArgs{packed, hw, n, n, dst + ch * hw, c * hw}, 0, n);
     }
   });

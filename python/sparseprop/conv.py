@@ -160,44 +160,35 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def batch_inner(t: torch.Tensor, top: int = 0, bottom: int = 0, left: int = 0, right: int = 0) -> torch.Tensor:
-    """(C, H + top + bottom, W + left + right, N) zero-bordered copy of t (N, C, H, W)."""
-    n, c, h, w = t.shape
-    out = _workspace.empty(c, h + top + bottom, w + left + right, n)
-    _C.to_batch_inner(as_numpy(_nchw(t)), as_numpy(out), top, bottom, left, right, get_num_threads())
+def phase_layout(t: torch.Tensor, stride: Tuple[int, int], top: int, left: int, hs: int,
+                 ws: int) -> torch.Tensor:
+    """(C, sh, sw, hs, ws, N) copy of t (N, C, H, W): padded by (top, left), split into
+    stride phases, batch innermost, zeros where no pixel lands (see to_phase_layout)."""
+    n, c = t.shape[0], t.shape[1]
+    out = _workspace.empty(c, stride[0], stride[1], hs, ws, n)
+    _C.to_phase_layout(as_numpy(_nchw(t)), as_numpy(out), stride[0], stride[1], top, left,
+                       get_num_threads())
     return out
 
 
 def nchw(t: torch.Tensor, h: int, w: int, top: int = 0, left: int = 0) -> torch.Tensor:
-    """(N, C, h, w) contiguous copy of the window at (top, left) of t (C, Hs, Ws, N)."""
-    c, _, _, n = t.shape
-    out = _workspace.empty(n, c, h, w)
-    _C.from_batch_inner(as_numpy(t), top, left, as_numpy(out), get_num_threads())
+    """(N, C, h, w) image from t in phase layout (C, sh, sw, Hs, Ws, N), the inverse."""
+    out = _workspace.empty(t.shape[5], t.shape[0], h, w)
+    _C.from_phase_layout(as_numpy(t), top, left, as_numpy(out), get_num_threads())
     return out
 
 
 def to_phases(x: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
-    """X' (C * sh * sw, Hs * Ws * N) from x (N, C, H, W): padded, phase-split, batch innermost."""
-    (sh, sw), (pt, pb, pl, pr) = spec.stride, plan.pads
-    n, c = x.shape[0], x.shape[1]
-    if (sh, sw) == (1, 1):
-        out = batch_inner(x, pt, pb, pl, pr)
-    else:
-        padded = F.pad(x, (pl, plan.ws * sw - plan.w - pl, pt, plan.hs * sh - plan.h - pt))
-        out = _workspace.empty(c, sh, sw, plan.hs, plan.ws, n)
-        out.copy_(padded.view(n, c, plan.hs, sh, plan.ws, sw).permute(1, 3, 5, 2, 4, 0))
-    return out.view(c * sh * sw, -1)
+    """X' (C * sh * sw, Hs * Ws * N) from x (N, C, H, W)."""
+    out = phase_layout(x, spec.stride, plan.pads[0], plan.pads[2], plan.hs, plan.ws)
+    return out.view(spec.in_channels * spec.stride[0] * spec.stride[1], -1)
 
 
 def from_phases(dxp: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
-    """Inverse of to_phases for gradients: (N, C, H, W), padding positions dropped."""
-    (sh, sw), (pt, _, pl, _) = spec.stride, plan.pads
-    c = spec.in_channels
-    if (sh, sw) == (1, 1):
-        return nchw(dxp.view(c, plan.hs, plan.ws, plan.n), plan.h, plan.w, pt, pl)
-    full = dxp.view(c, sh, sw, plan.hs, plan.ws, plan.n).permute(5, 0, 3, 1, 4, 2)
-    full = full.reshape(plan.n, c, plan.hs * sh, plan.ws * sw)
-    return full[:, :, pt:pt + plan.h, pl:pl + plan.w].contiguous()
+    """(N, C, H, W) gradient from dX' in phase layout; padding positions are dropped."""
+    sh, sw = spec.stride
+    phases = dxp.view(spec.in_channels, sh, sw, plan.hs, plan.ws, plan.n)
+    return nchw(phases, plan.h, plan.w, plan.pads[0], plan.pads[2])
 
 
 class _SparseConv2dFn(torch.autograd.Function):
@@ -212,7 +203,7 @@ class _SparseConv2dFn(torch.autograd.Function):
                         as_numpy(xp).reshape(-1), as_numpy(y), run, segs, xs, ys, get_num_threads())
         ctx.pattern, ctx.spec, ctx.plan = pattern, spec, plan
         ctx.save_for_backward(xp, values)
-        return nchw(y.view(o, oh, ow, n), oh, ow)
+        return nchw(y.view(o, 1, 1, oh, ow, n), oh, ow)
 
     @staticmethod
     @once_differentiable
@@ -227,7 +218,7 @@ class _SparseConv2dFn(torch.autograd.Function):
         if need_x:
             # dY inside a zero border: the transposed taps then always read in range.
             bh, bw = plan.border
-            gyp = batch_inner(grad_y, bh, plan.hg - oh - bh, bw, plan.wg - ow - bw)
+            gyp = phase_layout(grad_y, (1, 1), bh, bw, plan.hg, plan.wg)
             flat = as_numpy(gyp).reshape(-1)
             if need_values:
                 grad_values = _workspace.empty(pattern.nnz)
@@ -242,7 +233,7 @@ class _SparseConv2dFn(torch.autograd.Function):
                             threads)
             grad_x = from_phases(dxp, spec, plan)
         elif need_values:
-            gyc = batch_inner(grad_y)
+            gyc = phase_layout(grad_y, (1, 1), 0, 0, oh, ow)
             grad_values = _workspace.empty(pattern.nnz)
             segs, run, xs, ds = _segments(oh, ow * n, plan.ws * n, ow * n)
             _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), as_numpy(gyc).reshape(-1), 0,
