@@ -30,26 +30,38 @@ inline const float* operand(const Args& a, int64_t k) {
 template <int NF, bool TAIL, bool OFFS>
 void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
   constexpr int NV = NF + (TAIL ? 1 : 0);
-  // Narrow blocks get a second accumulator set (even / odd nonzeros) so there
-  // are enough independent FMA chains to hide the FMA latency.
-  constexpr int SETS = NV >= 4 ? 1 : 2;
+  // Narrow blocks take nonzeros in pairs into two accumulator sets, so there
+  // are enough independent FMA chains to hide the FMA latency. (Both sets are
+  // named arrays indexed by constants only, so they stay in registers.)
+  constexpr bool PAIRS = NV < 4;
   for (int64_t r = r0; r < r1; ++r) {
-    Reg acc[SETS][NV];
+    Reg acc[NV], acc2[NV];
     const Reg init = a.bias ? Vec::set1(a.bias[r]) : Vec::zero();
     for (int u = 0; u < NV; ++u) {
-      acc[0][u] = init;
-      if (SETS == 2) acc[SETS - 1][u] = Vec::zero();
+      acc[u] = init;
+      acc2[u] = Vec::zero();
     }
-    const int64_t begin = a.indptr[r], end = a.indptr[r + 1];
-    for (int64_t k = begin; k < end; ++k) {
+    int64_t k = a.indptr[r];
+    const int64_t end = a.indptr[r + 1];
+    if (PAIRS) {
+      for (; k + 1 < end; k += 2) {
+        const Reg w0 = Vec::set1(a.values[k]), w1 = Vec::set1(a.values[k + 1]);
+        const float* x0 = operand<OFFS>(a, k) + c0;
+        const float* x1 = operand<OFFS>(a, k + 1) + c0;
+        for (int u = 0; u < NV; ++u) {
+          acc[u] = Vec::fma(w0, load_lane_block<NF, TAIL>(x0, u, tail), acc[u]);
+          acc2[u] = Vec::fma(w1, load_lane_block<NF, TAIL>(x1, u, tail), acc2[u]);
+        }
+      }
+    }
+    for (; k < end; ++k) {
       const Reg w = Vec::set1(a.values[k]);
       const float* x = operand<OFFS>(a, k) + c0;
-      Reg* accs = acc[SETS == 2 ? ((k - begin) & 1) : 0];
-      for (int u = 0; u < NV; ++u) accs[u] = Vec::fma(w, load_lane_block<NF, TAIL>(x, u, tail), accs[u]);
+      for (int u = 0; u < NV; ++u) acc[u] = Vec::fma(w, load_lane_block<NF, TAIL>(x, u, tail), acc[u]);
     }
     float* y = a.y + r * a.ldy + c0;
     for (int u = 0; u < NV; ++u) {
-      const Reg sum = SETS == 2 ? Vec::add(acc[0][u], acc[SETS - 1][u]) : acc[0][u];
+      const Reg sum = PAIRS ? Vec::add(acc[u], acc2[u]) : acc[u];
       if (TAIL && u == NF) Vec::store_partial(y + u * kW, sum, tail);
       else Vec::store(y + u * kW, sum);
     }
