@@ -11,35 +11,37 @@ the pool.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Dict, List
 
 import torch
 
 _MAX_PER_SIZE = 4
-_pool: Dict[int, List[torch.Tensor]] = {}
+_pool: Dict[int, List[torch.UntypedStorage]] = {}
+_lock = threading.Lock()
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 
-def _is_free(t: torch.Tensor) -> bool:
-    # 2 = the pool's tensor + the temporary storage object made for the query.
-    return _use_count(t.untyped_storage()._cdata) <= 2
-
-
 def empty(*shape: int) -> torch.Tensor:
-    """An uninitialized float32 tensor of ``shape``, reusing a free pooled buffer."""
+    """An uninitialized contiguous float32 tensor of ``shape``, reusing a free pooled buffer.
+
+    The tensor is set on the buffer's storage rather than being a view of another
+    tensor, so autograd treats it like any fresh tensor (in-place ops allowed)."""
     numel = math.prod(shape)
     if _use_count is None or numel == 0:
         return torch.empty(shape, dtype=torch.float32)
-    bucket = _pool.setdefault(numel, [])
-    for buf in bucket:
-        if _is_free(buf):
-            return buf.view(shape)
-    buf = torch.empty(numel, dtype=torch.float32)
-    if len(bucket) < _MAX_PER_SIZE:
-        bucket.append(buf)
-    return buf.view(shape)
+    with _lock:  # the check and the hand-out must not interleave across threads
+        bucket = _pool.setdefault(numel, [])
+        for storage in bucket:
+            if _use_count(storage._cdata) <= 1:  # only the pool holds it
+                return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+        tensor = torch.empty(shape, dtype=torch.float32)
+        if len(bucket) < _MAX_PER_SIZE:
+            bucket.append(tensor.untyped_storage())
+        return tensor
 
 
 def empty_cache() -> None:
     """Release every pooled buffer (they are re-created on demand)."""
-    _pool.clear()
+    with _lock:
+        _pool.clear()

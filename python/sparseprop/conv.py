@@ -34,7 +34,13 @@ _MAX_CACHED_PLANS = 8
 
 
 def _pair(value, name: str, minimum: int) -> Tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    else:
+        try:
+            pair = tuple(value)
+        except TypeError:
+            pair = ()
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
     return pair  # type: ignore[return-value]
@@ -57,7 +63,7 @@ class ConvSpec:
     def create(cls, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                padding_mode) -> "ConvSpec":
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "groups" else 0):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
@@ -126,6 +132,9 @@ def make_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
                          f"than the padded input ({hp}, {wp})")
     hs, ws = -(-hp // sh), -(-wp // sw)
     plane = hs * ws * n
+    # Plans are rare (one per input shape): re-check the pattern in full, so that
+    # buffers edited behind the layer's back fail here with a clear message.
+    _C.check_csr(*pattern.numpy(), pattern.rows, pattern.cols)
     # Decode each nonzero: output channel o, input channel c, tap (a, b) in input pixels.
     o = pattern.row_indices()
     col = pattern.indices.long()
