@@ -292,6 +292,8 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
             plans[key] = plan
     y = _SparseConv2dFn.apply(x, values.contiguous(), None if bias is None else bias.contiguous(),
                               pattern, spec, plan)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        y = y.contiguous(memory_format=torch.channels_last)  # follow the input, like nn.Conv2d
     return y.squeeze(0) if unbatched else y
 
 
