@@ -19,11 +19,30 @@ from ._backend import (  # noqa: E402
 from .csr import CSRPattern  # noqa: E402
 from .modules import SparseConv2d, SparseLinear  # noqa: E402
 from . import functional  # noqa: E402
+from .convert import ConversionReport, ModelSummary, densify, sparsify, summary  # noqa: E402
+from .optim_state import apply_masks, update_pattern  # noqa: E402
+from .checkpoint import (  # noqa: E402
+    densify_state_dict,
+    load_dense_state_dict,
+    read_checkpoint,
+    safe_load_state_dict,
+)
 
 _apply_isa_env()
 
 __all__ = [
     "CSRPattern",
+    "ConversionReport",
+    "ModelSummary",
+    "apply_masks",
+    "densify",
+    "densify_state_dict",
+    "load_dense_state_dict",
+    "read_checkpoint",
+    "safe_load_state_dict",
+    "sparsify",
+    "summary",
+    "update_pattern",
     "SparseConv2d",
     "SparseLinear",
     "available_isas",

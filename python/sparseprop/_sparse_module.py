@@ -53,23 +53,44 @@ class SparseWeightModule(nn.Module):
                 self.bias.uniform_(-bound, bound, generator=generator)
 
     # pattern --------------------------------------------------------------------------
-    def set_pattern(self, pattern: CSRPattern, values: Optional[torch.Tensor] = None) -> None:
+    def set_pattern(self, pattern: CSRPattern, values: Optional[torch.Tensor] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """Replace the pattern, with ``values`` (default: zeros) as its nonzeros.
 
         The ``values`` Parameter object is kept, so optimizers built earlier still
-        hold it; their per-parameter state is *not* remapped here.
+        hold it. Without ``optimizer`` their per-parameter state is *not* remapped.
+        With ``optimizer``, its per-entry state tensors for ``values`` (momentum,
+        Adam moments, ...) and ``values.grad`` follow their (row, column) position:
+        entries in both patterns keep them, new entries start at zero; scalar state
+        such as ``step`` is kept. (:func:`sparseprop.update_pattern` also keeps the
+        surviving entries' values.)
         """
         if pattern.shape != self.pattern_shape:
             raise ValueError(f"pattern shape {pattern.shape} does not match the layer's "
                              f"{self.pattern_shape}")
         if values is not None and tuple(values.shape) != (pattern.nnz,):
             raise ValueError(f"values must have shape ({pattern.nnz},), got {tuple(values.shape)}")
+        old_pattern = old_grad = None
+        if optimizer is not None:
+            from .optim_state import check_optimizer
+
+            check_optimizer(optimizer, self.values)
+            old_pattern, old_grad = self.pattern, self.values.grad
         with torch.no_grad():
             new_values = torch.zeros(pattern.nnz, dtype=torch.float32) if values is None else values.detach().float().clone()
             if self.values.shape != new_values.shape:
                 self.values.grad = None
             self.values.data = new_values
         self._install_pattern(pattern)
+        if optimizer is not None:
+            from .optim_state import entry_map, remap_optimizer_state
+
+            remap_optimizer_state(optimizer, self.values, old_pattern, pattern)
+            if old_grad is not None and old_grad.shape == (old_pattern.nnz,):
+                kept, source = entry_map(old_pattern, pattern)
+                grad = torch.zeros(pattern.nnz, dtype=old_grad.dtype)
+                grad[kept] = old_grad[source[kept]]
+                self.values.grad = grad
 
     def _install_pattern(self, pattern: CSRPattern) -> None:
         self.register_buffer("indptr", pattern.indptr)
