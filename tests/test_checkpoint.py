@@ -263,6 +263,24 @@ def test_non_strict_and_old_batchnorm_checkpoints():
     assert torch.equal(model[6].indices, source[6].indices)
 
 
+def test_load_other_nnz_mid_training():
+    """Loading a checkpoint whose layers have other nnz while last step's graph is alive."""
+    source = _trained(seed=1)
+    sparseprop.apply_masks(source, {"6": torch.rand(40, 72) < 0.3})
+    model = _trained(seed=2).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = model(_x()).square().mean()
+    loss.backward()
+    opt.step()
+    sparseprop.safe_load_state_dict(model, source.state_dict())
+    assert model[6].nnz == source[6].nnz
+    opt.zero_grad()
+    loss = model(_x()).square().mean()
+    loss.backward()
+    opt.step()
+    assert model[6].values.grad.shape == (source[6].nnz,)
+
+
 # --------------------------------------------------------------------------------------
 # whole-model pickling and deepcopy
 # --------------------------------------------------------------------------------------

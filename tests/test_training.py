@@ -269,6 +269,41 @@ def test_pattern_change_errors_change_nothing():
     sparseprop.apply_masks(net, {"0.weight": good}, optimizer=opt)
 
 
+def test_nnz_change_while_last_graph_is_alive():
+    """The usual loop keeps last step's ``loss`` (and its graph) alive across a pattern
+    change; a change of nnz must not trip autograd's cached accumulator of ``values``."""
+    net = _mlp()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 12), torch.randn(8, 4)
+    loss = None
+    for step in range(5):
+        if step in (2, 3):
+            density = 0.5 if step == 2 else 0.1
+            mask = torch.rand(32, 12, generator=torch.Generator().manual_seed(step)) < density
+            sparseprop.apply_masks(net, {"0": mask}, optimizer=opt)
+            assert net[0].nnz == int(mask.sum())
+        opt.zero_grad()
+        loss = (net(x) - y).pow(2).mean()
+        loss.backward()
+        opt.step()
+        assert net[0].values.grad.shape == (net[0].nnz,)
+        assert opt.state[net[0].values]["exp_avg"].shape == (net[0].nnz,)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="package bug: set_pattern (without optimizer) replaces values.data "
+                          "with a new nnz but autograd keeps the AccumulateGrad node cached "
+                          "with the old shape while an old graph is alive ('invalid gradient "
+                          "... expected shape compatible with [old nnz]'); update_pattern / "
+                          "apply_masks / set_pattern(optimizer=...) reset it")
+def test_set_pattern_nnz_change_while_last_graph_is_alive():
+    m = SparseLinear(16, 8, sparsity=0.5)
+    loss = m(torch.randn(4, 16)).sum()
+    loss.backward()
+    m.set_pattern(CSRPattern.random(8, 16, 0.8))
+    m(torch.randn(4, 16)).sum().backward()
+
+
 # --------------------------------------------------------------------------------------
 # autocast, eval, inference mode
 # --------------------------------------------------------------------------------------

@@ -83,9 +83,11 @@ class SparseWeightModule(nn.Module):
             self.values.data = new_values
         self._install_pattern(pattern)
         if optimizer is not None:
-            from .optim_state import entry_map, remap_optimizer_state
+            from .optim_state import entry_map, remap_optimizer_state, reset_grad_accumulator
 
             remap_optimizer_state(optimizer, self.values, old_pattern, pattern)
+            if pattern.nnz != old_pattern.nnz:
+                reset_grad_accumulator(self.values)
             if old_grad is not None and old_grad.shape == (old_pattern.nnz,):
                 kept, source = entry_map(old_pattern, pattern)
                 grad = torch.zeros(pattern.nnz, dtype=old_grad.dtype)
