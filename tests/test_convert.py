@@ -262,13 +262,23 @@ def test_foreign_hooks_warn():
         sparseprop.sparsify(model, 0.9)
 
 
-def test_sparsify_under_inference_mode_gives_trainable_model():
+def test_sparsify_densify_under_inference_mode_give_trainable_models():
     net = Net()
     with torch.inference_mode():
+        copied = sparseprop.sparsify(net, 0.9, inplace=False).model
         sparseprop.sparsify(net, 0.9)
-    assert not net.fc1.values.is_inference() and not net.fc1.indptr.is_inference()
+        dense_copy = sparseprop.densify(net, inplace=False)
+    for model in (net, copied):
+        assert not model.fc1.values.is_inference() and not model.fc1.indptr.is_inference()
+        assert not model.bn.running_mean.is_inference()
+        model(_x()).sum().backward()
+        assert model.fc1.values.grad is not None
+    assert not dense_copy.fc1.weight.is_inference()
+    dense_copy(_x()).sum().backward()
+    with torch.inference_mode():
+        sparseprop.densify(net)
     net(_x()).sum().backward()
-    assert net.fc1.values.grad is not None
+    assert net.fc1.weight.grad is not None
 
 
 # --------------------------------------------------------------------------------------

@@ -141,7 +141,10 @@ def _deepcopy_model(model: nn.Module) -> nn.Module:
                 swapped.append((module, name, value))
                 setattr(module, name, value.detach())
     try:
-        return copy.deepcopy(model)
+        # Under torch.inference_mode() a deepcopy would be made of inference tensors,
+        # unusable for training (and for sparse layers' pattern checks).
+        with torch.inference_mode(False):
+            return copy.deepcopy(model)
     finally:
         for module, name, value in swapped:
             setattr(module, name, value)
