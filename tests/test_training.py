@@ -290,12 +290,6 @@ def test_nnz_change_while_last_graph_is_alive():
         assert opt.state[net[0].values]["exp_avg"].shape == (net[0].nnz,)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="package bug: set_pattern (without optimizer) replaces values.data "
-                          "with a new nnz but autograd keeps the AccumulateGrad node cached "
-                          "with the old shape while an old graph is alive ('invalid gradient "
-                          "... expected shape compatible with [old nnz]'); update_pattern / "
-                          "apply_masks / set_pattern(optimizer=...) reset it")
 def test_set_pattern_nnz_change_while_last_graph_is_alive():
     m = SparseLinear(16, 8, sparsity=0.5)
     loss = m(torch.randn(4, 16)).sum()
@@ -368,10 +362,6 @@ def test_training_after_inference_mode():
     assert m.values.grad is not None and conv.values.grad is not None
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="package bug: SparseWeightModule._buffers_key reads _version of "
-                          "buffers created under torch.inference_mode() ('Inference tensors "
-                          "do not track version counter')")
 def test_construct_under_inference_mode():
     with torch.inference_mode():
         m = SparseLinear(8, 4, sparsity=0.5)

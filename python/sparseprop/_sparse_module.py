@@ -76,23 +76,28 @@ class SparseWeightModule(nn.Module):
 
             check_optimizer(optimizer, self.values)
             old_pattern, old_grad = self.pattern, self.values.grad
-        with torch.no_grad():
-            new_values = torch.zeros(pattern.nnz, dtype=torch.float32) if values is None else values.detach().float().clone()
-            if self.values.shape != new_values.shape:
-                self.values.grad = None
-            self.values.data = new_values
+        self._replace_values(torch.zeros(pattern.nnz, dtype=torch.float32) if values is None
+                             else values.detach().float().clone())
         self._install_pattern(pattern)
         if optimizer is not None:
-            from .optim_state import entry_map, remap_optimizer_state, reset_grad_accumulator
+            from .optim_state import entry_map, remap_optimizer_state
 
             remap_optimizer_state(optimizer, self.values, old_pattern, pattern)
-            if pattern.nnz != old_pattern.nnz:
-                reset_grad_accumulator(self.values)
             if old_grad is not None and old_grad.shape == (old_pattern.nnz,):
                 kept, source = entry_map(old_pattern, pattern)
                 grad = torch.zeros(pattern.nnz, dtype=old_grad.dtype)
                 grad[kept] = old_grad[source[kept]]
                 self.values.grad = grad
+
+    def _replace_values(self, new_values: torch.Tensor) -> None:
+        """Swap the data of the ``values`` Parameter (same object) for ``new_values``."""
+        resized = self.values.shape != new_values.shape
+        with torch.no_grad():
+            if resized:
+                self.values.grad = None
+            self.values.data = new_values
+        if resized:
+            reset_grad_accumulator(self.values)
 
     def _install_pattern(self, pattern: CSRPattern) -> None:
         self.register_buffer("indptr", pattern.indptr)
@@ -106,7 +111,9 @@ class SparseWeightModule(nn.Module):
 
     def _buffers_key(self):
         buffers = self._buffers
-        return tuple((b.data_ptr(), b._version, b.shape)
+        # Inference tensors have no version counter, but cannot be edited in place
+        # outside inference mode either.
+        return tuple((b.data_ptr(), -1 if b.is_inference() else b._version, b.shape)
                      for b in (buffers[n] for n in self._watched_buffers))
 
     @property
@@ -176,12 +183,27 @@ class SparseWeightModule(nn.Module):
                 raise ValueError(f"{where}: values has shape {tuple(values.shape)} but the "
                                  f"pattern has {pattern.nnz} nonzeros")
             if self.values.shape != (pattern.nnz,):
-                with torch.no_grad():
-                    self.values.grad = None
-                    self.values.data = torch.zeros(pattern.nnz, dtype=torch.float32)
+                self._replace_values(torch.zeros(pattern.nnz, dtype=torch.float32))
             self._install_pattern(pattern)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+def reset_grad_accumulator(param: torch.Tensor) -> None:
+    """Make autograd forget the gradient accumulator it cached for ``param``.
+
+    Autograd caches one AccumulateGrad node per leaf, recording the leaf's shape, for as
+    long as any graph references it (e.g. last step's ``loss`` still alive). After
+    ``param.data`` changes shape (a pattern change that changes nnz), a new graph would
+    reuse that node and backward would fail ("invalid gradient ... expected shape
+    compatible with [old nnz]"). Assigning ``.data`` of another dtype is the public way
+    to drop the cached node (torch resets it on dtype changes, not on shape changes).
+    Hooks a wrapper registered on the old node (DistributedDataParallel) are dropped too.
+    """
+    with torch.no_grad():
+        data = param.data
+        param.data = data.to(torch.float64 if data.dtype != torch.float64 else torch.float32)
+        param.data = data
 
 
 def magnitude_keep(weight: torch.Tensor, allowed: torch.Tensor, sparsity: float) -> torch.Tensor:

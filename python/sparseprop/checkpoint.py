@@ -21,7 +21,6 @@ from torch import nn
 
 from ._sparse_module import PATTERN_BUFFERS, SparseWeightModule
 from .csr import CSRPattern
-from .optim_state import reset_grad_accumulator
 
 __all__ = ["densify_state_dict", "load_dense_state_dict", "read_checkpoint",
            "safe_load_state_dict", "sparse_prefixes"]
@@ -202,9 +201,4 @@ def safe_load_state_dict(model: nn.Module, state_dict, strict: bool = True):
     if errors:
         raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__} "
                            f"(nothing was loaded):\n\t" + "\n\t".join(errors))
-    sizes = {m: m.nnz for m in model.modules() if isinstance(m, SparseWeightModule)}
-    result = model.load_state_dict(state_dict, strict=strict)
-    for module, nnz in sizes.items():
-        if module.nnz != nnz:  # see reset_grad_accumulator
-            reset_grad_accumulator(module.values)
-    return result
+    return model.load_state_dict(state_dict, strict=strict)

@@ -22,8 +22,7 @@ from torch import nn
 
 from .csr import CSRPattern
 
-__all__ = ["update_pattern", "apply_masks", "remap_optimizer_state", "entry_map",
-           "reset_grad_accumulator"]
+__all__ = ["update_pattern", "apply_masks", "remap_optimizer_state", "entry_map"]
 
 Number = Union[int, float]
 
@@ -82,23 +81,6 @@ def remap_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor,
         if isinstance(value, torch.Tensor) and value.dim() == 1 and value.shape[0] == old.nnz \
                 and key != "step":
             state[key] = _remap(value, kept, source)
-
-
-def reset_grad_accumulator(param: torch.Tensor) -> None:
-    """Make autograd forget the gradient accumulator it cached for ``param``.
-
-    Autograd caches one AccumulateGrad node per leaf, recording the leaf's shape, for as
-    long as any graph references it (e.g. last step's ``loss`` still alive). After
-    ``param.data`` changes shape (a pattern change that changes nnz), a new graph would
-    reuse that node and backward would fail ("invalid gradient ... expected shape
-    compatible with [old nnz]"). Assigning ``.data`` of another dtype is the public way
-    to drop the cached node (torch resets it on dtype changes, not on shape changes).
-    Hooks a wrapper registered on the old node (DistributedDataParallel) are dropped too.
-    """
-    with torch.no_grad():
-        data = param.data
-        param.data = data.to(torch.float64 if data.dtype != torch.float64 else torch.float32)
-        param.data = data
 
 
 def _as_pattern(module, pattern_or_mask) -> CSRPattern:
@@ -170,8 +152,6 @@ def update_pattern(module: nn.Module, pattern_or_mask: Union[CSRPattern, torch.T
     grad = param.grad
     new_grad = _remap(grad, kept, source) if grad is not None and grad.shape == (old.nnz,) else None
     module.set_pattern(new, new_values, optimizer=optimizer)
-    if new.nnz != old.nnz:
-        reset_grad_accumulator(param)  # set_pattern(optimizer=None) does not
     param.grad = new_grad
     n_kept = int(kept.sum())
     return {"kept": n_kept, "removed": old.nnz - n_kept, "added": new.nnz - n_kept}
