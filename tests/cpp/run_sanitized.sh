@@ -5,7 +5,8 @@
 # (Not under qemu: ASan's shadow memory does not work reliably in qemu-user.)
 #
 # Then, when the Python test dependencies are importable (torch, pybind11,
-# pytest, hypothesis; skip with SPARSEPROP_SANITIZE_PYTHON=0), the same build
+# pytest, hypothesis; SPARSEPROP_SANITIZE_PYTHON=0 skips it, =require fails
+# when they are not), the same build
 # also makes a sanitized extension and the Python suite runs on it (ASan
 # preloaded into python), covering what only Python reaches: bindings, conv
 # layout transforms, workspace reuse. Leak detection is off there: CPython and
@@ -16,9 +17,13 @@ root=$PWD
 PY=${PYTHON:-python}
 
 with_python=OFF
-if [ "${SPARSEPROP_SANITIZE_PYTHON:-1}" != 0 ] &&
-   "$PY" -c "import torch, pybind11, pytest, hypothesis" 2> /dev/null; then
-  with_python=ON
+if [ "${SPARSEPROP_SANITIZE_PYTHON:-auto}" != 0 ]; then
+  if "$PY" -c "import torch, pybind11, pytest, hypothesis" 2> /dev/null; then
+    with_python=ON
+  elif [ "${SPARSEPROP_SANITIZE_PYTHON:-auto}" = require ]; then
+    echo "SPARSEPROP_SANITIZE_PYTHON=require, but $PY cannot import torch, pybind11, pytest and hypothesis" >&2
+    exit 1
+  fi
 fi
 # -O2 -g: the same vectorized code paths as the release build, with line numbers.
 cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
