@@ -58,6 +58,13 @@ void expect_pattern(const py::array_t<int64_t>& indptr, const py::array_t<int32_
          "indptr does not match indices (indptr[0] must be 0 and indptr[-1] must equal len(indices))");
 }
 
+// Every perm entry must index values: one branch-free pass, one check.
+void expect_perm_in_range(const int64_t* perm, int64_t nnz, int64_t n_values) {
+  bool ok = true;
+  for (int64_t k = 0; k < nnz; ++k) ok &= perm[k] >= 0 && perm[k] < n_values;
+  expect(ok, "perm points outside values");
+}
+
 // What the kernels need to stay inside their buffers: indptr never decreasing
 // and every index below `cols`. O(rows + nnz) per call, small next to the
 // O(nnz * batch) kernel; it turns a pattern corrupted behind the validation's
@@ -103,11 +110,7 @@ void spmm_py(py::handle indptr_o, py::handle indices_o, py::handle values_o, py:
   expect(y.shape(0) == rows, "out must have one row per pattern row");
   expect(y.shape(1) == x.shape(1), "x and out must have the same batch length");
   expect_in_bounds(indptr, indices, x.shape(0));
-  if (a.perm) {
-    const int64_t* p = a.perm;
-    for (int64_t k = 0; k < nnz; ++k)
-      expect(p[k] >= 0 && p[k] < nnz, "perm points outside values");
-  }
+  if (a.perm) expect_perm_in_range(a.perm, nnz, nnz);
   a.x = x.data();
   a.ldx = x.shape(1);
   a.y = y.mutable_data();
@@ -175,10 +178,8 @@ void spmm_offsets_py(py::handle indptr_o, py::handle offsets_o, py::handle value
   if (!perm_o.is_none()) {
     perm = checked<int64_t>(perm_o, "perm", 1);
     expect(perm.shape(0) == nnz, "perm must have one entry per nonzero");
-    const int64_t* p = perm.data();
-    for (int64_t k = 0; k < nnz; ++k)
-      expect(p[k] >= 0 && p[k] < values.shape(0), "perm points outside values");
-    a.perm = p;
+    expect_perm_in_range(perm.data(), nnz, values.shape(0));
+    a.perm = perm.data();
   } else {
     expect(values.shape(0) == nnz, "values must have one entry per nonzero");
   }
