@@ -363,6 +363,12 @@ PYBIND11_MODULE(_C, m) {
     }
   }, py::arg("name"), "Force an ISA by name, or 'auto' for the best available");
   m.def("max_threads", &max_threads);
+  m.def("use_openmp_runtime", [](uintptr_t parallel, uintptr_t thread_num, uintptr_t num_threads) {
+    use_openmp_runtime(reinterpret_cast<void*>(parallel), reinterpret_cast<void*>(thread_num),
+                       reinterpret_cast<void*>(num_threads));
+  }, py::arg("gomp_parallel"), py::arg("omp_get_thread_num"), py::arg("omp_get_num_threads"),
+        "Run the kernels' threads on an already-loaded libgomp (addresses of its entry points); 0s = own pool");
+  m.def("using_openmp_runtime", &using_openmp_runtime);
   m.def("cpu_features", &cpu_features_py);
   m.def("build_info", &build_info);
 }

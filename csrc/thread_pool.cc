@@ -100,7 +100,47 @@ Pool* pool_for_this_process() {
   return pool;
 }
 
+// libgomp's ABI (stable since GCC 4.9): the body runs once on every team thread.
+using GompParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpIntFn = int (*)();
+
+struct OpenMpRuntime {
+  GompParallelFn parallel = nullptr;
+  OmpIntFn thread_num = nullptr;
+  OmpIntFn num_threads = nullptr;
+  pid_t owner = 0;  // libgomp's team threads do not survive fork(): children use the pool
+};
+std::atomic<const OpenMpRuntime*> openmp{nullptr};
+
+struct OpenMpJob {
+  TaskFn fn;
+  void* ctx;
+  int n;
+  const OpenMpRuntime* rt;
+};
+
+void openmp_body(void* p) {
+  auto* job = static_cast<OpenMpJob*>(p);
+  // The runtime may give us a smaller team than asked: stride over the task ids.
+  const int team = job->rt->num_threads();
+  for (int t = job->rt->thread_num(); t < job->n; t += team) job->fn(job->ctx, t, job->n);
+}
+
 }  // namespace
+
+void use_openmp_runtime(void* gomp_parallel, void* omp_get_thread_num, void* omp_get_num_threads) {
+  if (!gomp_parallel || !omp_get_thread_num || !omp_get_num_threads) {
+    openmp.store(nullptr);
+    return;
+  }
+  // Leaked on purpose: a job on another thread may still be reading the old one.
+  auto* rt = new OpenMpRuntime{reinterpret_cast<GompParallelFn>(gomp_parallel),
+                               reinterpret_cast<OmpIntFn>(omp_get_thread_num),
+                               reinterpret_cast<OmpIntFn>(omp_get_num_threads), getpid()};
+  openmp.store(rt);
+}
+
+bool using_openmp_runtime() { return openmp.load() != nullptr; }
 
 int max_threads() {
   const unsigned hw = std::thread::hardware_concurrency();
@@ -110,6 +150,12 @@ int max_threads() {
 void parallel_run(int num_threads, TaskFn fn, void* ctx) {
   if (num_threads <= 1) {
     fn(ctx, 0, 1);
+    return;
+  }
+  const OpenMpRuntime* rt = openmp.load();
+  if (rt && rt->owner == getpid()) {
+    OpenMpJob job{fn, ctx, num_threads, rt};
+    rt->parallel(openmp_body, &job, unsigned(num_threads), 0);
     return;
   }
   pool_for_this_process()->run(num_threads, fn, ctx);

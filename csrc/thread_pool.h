@@ -18,4 +18,11 @@ void parallel_run(int num_threads, TaskFn fn, void* ctx);
 // Upper bound on useful threads (hardware concurrency, at least 1).
 int max_threads();
 
+// Runs parallel_run's jobs on an OpenMP runtime that is already loaded (torch's
+// libgomp), given its GOMP_parallel, omp_get_thread_num and omp_get_num_threads
+// entry points: the kernels then share torch's worker threads instead of
+// competing with them for the cores. Null pointers return to the built-in pool.
+void use_openmp_runtime(void* gomp_parallel, void* omp_get_thread_num, void* omp_get_num_threads);
+bool using_openmp_runtime();
+
 }  // namespace sparseprop

@@ -14,7 +14,7 @@ from sparseprop import SparseLinear
 from conftest import ISAS, KNOWN_ISAS, UNAVAILABLE_ISAS, run_python
 
 CONFIG_KEYS = {"version", "active_isa", "available_isas", "compiled_isas", "isa_forced_by_env",
-               "cpu_features", "num_threads", "threads_follow_torch", "hardware_threads", "compiler",
+               "cpu_features", "num_threads", "threads_follow_torch", "hardware_threads", "threading", "compiler",
                "build_flags", "arch", "torch", "numpy"}
 
 
@@ -269,3 +269,30 @@ def test_forked_child_can_run_threaded_kernels():
     """)
     proc = run_python(code, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_threading_shares_torch_openmp_or_uses_pool():
+    """With torch on OpenMP the kernels run on torch's libgomp threads; the pool can be forced."""
+    c = sparseprop.config()
+    if "OpenMP" in torch.__config__.parallel_info():
+        assert "OpenMP" in c["threading"]
+    proc = run_python("import sparseprop; print(sparseprop.config()['threading'])",
+                      {"SPARSEPROP_THREADING": "pool"})
+    assert proc.returncode == 0 and "own thread pool" in proc.stdout
+    proc = run_python("import sparseprop", {"SPARSEPROP_THREADING": "bogus"})
+    assert proc.returncode != 0 and "SPARSEPROP_THREADING" in proc.stderr
+
+
+def test_pool_and_openmp_threading_agree_bitwise():
+    code = ("import torch, sparseprop; torch.manual_seed(0); sparseprop.set_num_threads(2);"
+            "m = sparseprop.SparseLinear(300, 200, sparsity=0.7); x = torch.randn(67, 300, requires_grad=True);"
+            "y = m(x); y.square().sum().backward();"
+            "torch.save((y.detach(), x.grad, m.values.grad), '{}')")
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        paths = [os.path.join(d, f"{mode}.pt") for mode in ("pool", "auto")]
+        for mode, path in zip(("pool", "auto"), paths):
+            proc = run_python(code.format(path), {"SPARSEPROP_THREADING": mode})
+            assert proc.returncode == 0, proc.stderr
+        a, b = (torch.load(p) for p in paths)
+        assert all(torch.equal(u, v) for u, v in zip(a, b))

@@ -16,6 +16,7 @@ from ._backend import (  # noqa: E402
     use_isa,
     _apply_isa_env,
 )
+from ._workspace import empty_cache  # noqa: E402
 from .csr import CSRPattern  # noqa: E402
 from .modules import SparseConv2d, SparseLinear  # noqa: E402
 from . import functional  # noqa: E402
@@ -37,6 +38,7 @@ __all__ = [
     "apply_masks",
     "densify",
     "densify_state_dict",
+    "empty_cache",
     "load_dense_state_dict",
     "read_checkpoint",
     "safe_load_state_dict",

@@ -11,6 +11,7 @@ import torch
 from . import _C
 
 ISA_ENV_VAR = "SPARSEPROP_ISA"
+THREADING_ENV_VAR = "SPARSEPROP_THREADING"
 _forced_threads: Optional[int] = None
 
 
@@ -76,6 +77,7 @@ def config() -> dict:
         "num_threads": get_num_threads(),
         "threads_follow_torch": _forced_threads is None,
         "hardware_threads": _C.max_threads(),
+        "threading": _threading,
         "compiler": build["compiler"],
         "build_flags": build["flags"].strip(),
         "arch": build["arch"],
@@ -97,6 +99,7 @@ def show_config() -> None:
         f"  compiled ISAs:  {', '.join(c['compiled_isas'])}",
         f"  CPU features:   {features}",
         f"  threads:        {c['num_threads']} ({threads}; {c['hardware_threads']} hardware)",
+        f"  threading:      {c['threading']}",
         f"  compiler:       {c['compiler']}  flags: {c['build_flags']}",
         f"  torch {c['torch']}, numpy {c['numpy']}",
     ]
@@ -109,7 +112,51 @@ def _version() -> str:
     return __version__
 
 
+def _loaded_libgomp() -> Optional[str]:
+    """Path of the libgomp this process has loaded (torch's own copy), if any."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "libgomp" in os.path.basename(path) and path.endswith((".so", ".so.1")) or \
+                        "libgomp" in os.path.basename(path) and ".so." in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _setup_threading() -> str:
+    """Share torch's OpenMP threads when torch runs on libgomp (two runtimes would
+    spin against each other on a small CPU); otherwise use sparseprop's own pool.
+    SPARSEPROP_THREADING=pool forces the pool."""
+    import ctypes
+
+    choice = os.environ.get(THREADING_ENV_VAR, "auto").lower()
+    if choice not in ("auto", "openmp", "pool"):
+        raise RuntimeError(f"{THREADING_ENV_VAR}={choice!r}: expected auto, openmp or pool")
+    if choice == "pool" or "OpenMP" not in torch.__config__.parallel_info():
+        if choice == "openmp":
+            raise RuntimeError(f"{THREADING_ENV_VAR}=openmp but torch does not use OpenMP")
+        return "own thread pool"
+    path = _loaded_libgomp()
+    if path is None:
+        if choice == "openmp":
+            raise RuntimeError(f"{THREADING_ENV_VAR}=openmp but no libgomp is loaded")
+        return "own thread pool"
+    lib = ctypes.CDLL(path)
+    addresses = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                 for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")]
+    _C.use_openmp_runtime(*addresses)
+    return f"torch's OpenMP runtime ({os.path.basename(path)})"
+
+
+_threading = "own thread pool"
+
+
 def _apply_isa_env() -> None:
+    global _threading
+    _threading = _setup_threading()
     value = os.environ.get(ISA_ENV_VAR)
     if value:
         try:
