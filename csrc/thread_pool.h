@@ -1,9 +1,8 @@
-// A small persistent thread pool for the kernels.
-//
-// Why not OpenMP: torch ships its own libgomp, and a second OpenMP runtime in
-// the same process would keep its own spinning threads, fighting torch's on a
-// 2-core device. Our workers spin briefly after a job (kernels come in quick
-// succession during a training step), then sleep on a condition variable.
+// Threads for the kernels. Preferred: torch's own OpenMP runtime (see
+// use_openmp_runtime), so the kernels and torch's ops share one set of workers
+// on a small CPU. Fallback: a small persistent pool whose workers spin briefly
+// after a job (kernels come in quick succession), then sleep on a condition
+// variable; it is used when torch is not on libgomp, after fork(), or on request.
 #pragma once
 #include <cstdint>
 
