@@ -114,8 +114,24 @@ def time_interleaved(fns: Sequence[Timed], reps: Optional[int] = None, warmup: i
 # ----------------------------------------------------------------------------------------
 # one configuration
 # ----------------------------------------------------------------------------------------
+class PassRatios:
+    """Speedups (dense / sparse) of a result row with dense_/sparse_{fwd,bwd,fwdbwd}_ms fields."""
+
+    @property
+    def fwd_x(self) -> float:
+        return _ratio(self.dense_fwd_ms, self.sparse_fwd_ms)
+
+    @property
+    def bwd_x(self) -> float:
+        return _ratio(self.dense_bwd_ms, self.sparse_bwd_ms)
+
+    @property
+    def fwdbwd_x(self) -> float:
+        return _ratio(self.dense_fwdbwd_ms, self.sparse_fwdbwd_ms)
+
+
 @dataclass
-class Result:
+class Result(PassRatios):
     in_features: int
     out_features: int
     batch: int
@@ -133,18 +149,6 @@ class Result:
     dense_fwdbwd_ms: float
     sparse_fwdbwd_ms: float
     max_abs_err: float
-
-    @property
-    def fwd_x(self) -> float:
-        return _ratio(self.dense_fwd_ms, self.sparse_fwd_ms)
-
-    @property
-    def bwd_x(self) -> float:
-        return _ratio(self.dense_bwd_ms, self.sparse_bwd_ms)
-
-    @property
-    def fwdbwd_x(self) -> float:
-        return _ratio(self.dense_fwdbwd_ms, self.sparse_fwdbwd_ms)
 
     @property
     def shape(self) -> str:

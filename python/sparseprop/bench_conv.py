@@ -52,7 +52,7 @@ import torch.nn.functional as F
 import sparseprop
 from sparseprop import SparseConv2d
 
-from .bench import (_make_pass_fns, _ms, _params, _parse_list, _ratio, _x, cpu_model,
+from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _ratio, _x, cpu_model,
                     header_lines, run_settings, time_interleaved_samples)
 from .models import count_params, densify, resnet18_cifar, sparsify_convs
 
@@ -167,7 +167,7 @@ def parse_layers(text: str) -> List[ConvLayer]:
 # one layer configuration
 # ----------------------------------------------------------------------------------------
 @dataclass
-class ConvResult:
+class ConvResult(PassRatios):
     layer: str
     in_channels: int
     out_channels: int
@@ -190,18 +190,6 @@ class ConvResult:
     dense_fwdbwd_ms: float
     sparse_fwdbwd_ms: float
     max_rel_err: float
-
-    @property
-    def fwd_x(self) -> float:
-        return _ratio(self.dense_fwd_ms, self.sparse_fwd_ms)
-
-    @property
-    def bwd_x(self) -> float:
-        return _ratio(self.dense_bwd_ms, self.sparse_bwd_ms)
-
-    @property
-    def fwdbwd_x(self) -> float:
-        return _ratio(self.dense_fwdbwd_ms, self.sparse_fwdbwd_ms)
 
     def row(self) -> dict:
         d = asdict(self)
