@@ -16,6 +16,7 @@ the vector dimension runs over (output column, batch), batch innermost:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
@@ -279,6 +280,11 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
         t, b, l, r = pads
         x = F.pad(x, (l, r, t, b), mode=spec.padding_mode)
         pads = (0, 0, 0, 0)
+    if spec.kernel_size == (1, 1) and pads == (0, 0, 0, 0) and spec.stride != (1, 1):
+        # A strided 1x1 convolution reads only every stride-th pixel: subsample first
+        # (autograd scatters the gradient back) instead of building unused phases.
+        x = x[:, :, ::spec.stride[0], ::spec.stride[1]]
+        spec = dataclasses.replace(spec, stride=(1, 1))
     n, _, h, w = x.shape
     if n == 0:
         raise ValueError("SparseConv2d needs a non-empty batch")
