@@ -139,6 +139,19 @@ void sddmm_py(py::handle indptr_o, py::handle indices_o, py::handle dy_o, py::ha
   sddmm(a, rows, num_threads);
 }
 
+// The offset form has no column indices to bound, but a row range past the
+// offsets would still read outside them: indptr must start at 0, never
+// decrease and end at nnz (O(rows), next to the O(nnz * n) kernel).
+void expect_indptr(const py::array_t<int64_t>& indptr, int64_t nnz) {
+  expect(indptr.shape(0) >= 1, "indptr must have at least one entry");
+  const int64_t* p = indptr.data();
+  const int64_t rows = indptr.shape(0) - 1;
+  bool monotone = p[0] == 0 && p[rows] == nnz;
+  for (int64_t r = 0; r < rows; ++r) monotone &= p[r] <= p[r + 1];
+  expect(monotone, "indptr does not match offsets (it must start at 0, never decrease and end at "
+                   "their count)");
+}
+
 // Shared checks of the offset form used by convolutions: every operand window
 // [offsets[k] + seg * stride, ... + n) of every segment must lie inside x.
 void expect_windows(const py::array_t<int64_t>& offsets, int64_t x_size, int64_t segments,
@@ -165,8 +178,7 @@ void spmm_offsets_py(py::handle indptr_o, py::handle offsets_o, py::handle value
   auto x = checked<float>(x_o, "x", 1);
   auto y = checked<float>(y_o, "out", 2, true);
   const int64_t rows = indptr.shape(0) - 1, nnz = offsets.shape(0);
-  expect(rows >= 0 && indptr.data()[0] == 0 && indptr.data()[rows] == nnz,
-         "indptr does not match offsets");
+  expect_indptr(indptr, nnz);
   expect(y.shape(0) == rows, "out must have one row per pattern row");
   expect(segments == 0 || n == 0 || (segments - 1) * y_segment_stride + n <= y.shape(1),
          "segments reach outside the rows of out");
@@ -210,8 +222,7 @@ void sddmm_offsets_py(py::handle indptr_o, py::handle offsets_o, py::handle dy_o
   auto x = checked<float>(x_o, "x", 1);
   auto out = checked<float>(out_o, "out", 1, true);
   const int64_t rows = indptr.shape(0) - 1, nnz = offsets.shape(0);
-  expect(rows >= 0 && indptr.data()[0] == 0 && indptr.data()[rows] == nnz,
-         "indptr does not match offsets");
+  expect_indptr(indptr, nnz);
   expect(out.shape(0) == nnz, "out must have one entry per nonzero");
   expect(dy_offset >= 0 && lddy >= 0, "dy_offset and lddy must be non-negative");
   expect(rows == 0 || segments == 0 || n == 0 ||
