@@ -1,0 +1,151 @@
+"""Schedules: *when* to prune, and to what sparsity. Times are ticks: optimizer steps,
+or epochs for a pruner built with ``unit="epoch"``. Tick 0 is the pruner's creation."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .allocation import check_target
+
+__all__ = ["cubic_sparsity", "GradualSchedule", "ACDCSchedule", "CosineUpdateSchedule",
+           "IterativeSchedule"]
+
+
+def _check_tick(value, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def cubic_sparsity(t: int, initial: float, final: float, start: int, end: int) -> float:
+    """Zhu & Gupta's schedule: ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))**3``
+    for ``t0 <= t <= t0 + n * dt`` (here ``start`` and ``end``); ``s_i`` before, ``s_f`` after."""
+    if t <= start:
+        return initial
+    if t >= end:
+        return final
+    return final + (initial - final) * (1.0 - (t - start) / (end - start)) ** 3
+
+
+@dataclass(frozen=True)
+class GradualSchedule:
+    """Gradual pruning (Zhu & Gupta, "To prune, or not to prune", 2017): the sparsity
+    follows :func:`cubic_sparsity` and is applied every ``frequency`` ticks from
+    ``start_step`` to ``end_step`` (and at ``end_step`` itself)."""
+
+    initial_sparsity: float
+    final_sparsity: float
+    start_step: int
+    end_step: int
+    frequency: int
+
+    def __post_init__(self):
+        check_target(self.initial_sparsity, "initial_sparsity")
+        check_target(self.final_sparsity, "final_sparsity")
+        if self.initial_sparsity > self.final_sparsity:
+            raise ValueError(f"initial_sparsity ({self.initial_sparsity}) must not exceed "
+                             f"final_sparsity ({self.final_sparsity})")
+        _check_tick(self.start_step, "start_step")
+        _check_tick(self.end_step, "end_step")
+        _check_tick(self.frequency, "frequency", 1)
+        if self.end_step <= self.start_step:
+            raise ValueError(f"end_step ({self.end_step}) must come after start_step "
+                             f"({self.start_step})")
+
+    def is_update(self, t: int) -> bool:
+        start, end = self.start_step, self.end_step
+        return start <= t <= end and ((t - start) % self.frequency == 0 or t == end)
+
+    def sparsity(self, t: int) -> float:
+        return cubic_sparsity(t, self.initial_sparsity, self.final_sparsity, self.start_step,
+                              self.end_step)
+
+
+@dataclass(frozen=True)
+class ACDCSchedule:
+    """AC/DC phases (Peste et al., "AC/DC: Alternating Compressed/DeCompressed Training of
+    Deep Neural Networks", NeurIPS 2021): dense for ``warmup`` ticks, then alternating
+    compressed (``sparse_length``) and decompressed (``dense_length``) phases, and a final
+    compressed phase over the last ``final_sparse_length`` ticks of ``total``."""
+
+    total: int
+    warmup: int
+    sparse_length: int
+    dense_length: int
+    final_sparse_length: int
+
+    def __post_init__(self):
+        _check_tick(self.total, "total", 1)
+        _check_tick(self.warmup, "warmup")
+        _check_tick(self.sparse_length, "sparse_length", 1)
+        _check_tick(self.dense_length, "dense_length", 1)
+        _check_tick(self.final_sparse_length, "final_sparse_length", 1)
+        if self.warmup + self.final_sparse_length > self.total:
+            raise ValueError(f"warmup ({self.warmup}) + final_sparse_length "
+                             f"({self.final_sparse_length}) exceed total ({self.total})")
+
+    def is_sparse(self, t: int) -> bool:
+        if t < self.warmup:
+            return False
+        if t >= self.total - self.final_sparse_length:
+            return True
+        return (t - self.warmup) % (self.sparse_length + self.dense_length) < self.sparse_length
+
+    def starts_sparse_phase(self, t: int) -> bool:
+        """True at the first tick of a compressed phase (a new mask is chosen there)."""
+        return self.is_sparse(t) and (t == 0 or not self.is_sparse(t - 1))
+
+
+@dataclass(frozen=True)
+class CosineUpdateSchedule:
+    """RigL's prune-and-regrow timing (Evci et al., ICML 2020): every ``frequency`` ticks
+    before ``end_step``, a fraction ``alpha / 2 * (1 + cos(pi * t / end_step))`` of each
+    layer's weights is dropped and regrown."""
+
+    alpha: float
+    frequency: int
+    end_step: int
+
+    def __post_init__(self):
+        if not 0.0 < float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
+        _check_tick(self.frequency, "frequency", 1)
+        _check_tick(self.end_step, "end_step", 1)
+
+    def is_update(self, t: int) -> bool:
+        return 0 < t < self.end_step and t % self.frequency == 0
+
+    def fraction(self, t: int) -> float:
+        if t >= self.end_step:
+            return 0.0
+        return self.alpha / 2.0 * (1.0 + math.cos(math.pi * t / self.end_step))
+
+
+@dataclass(frozen=True)
+class IterativeSchedule:
+    """Iterative magnitude pruning (Frankle & Carbin, "The Lottery Ticket Hypothesis",
+    ICLR 2019): after each round of ``round_length`` ticks, prune the fraction
+    ``1 - (1 - final_sparsity) ** (1 / rounds)`` of the remaining weights, so ``rounds``
+    rounds reach ``final_sparsity``."""
+
+    final_sparsity: float
+    rounds: int
+    round_length: int
+
+    def __post_init__(self):
+        check_target(self.final_sparsity, "final_sparsity")
+        _check_tick(self.rounds, "rounds", 1)
+        _check_tick(self.round_length, "round_length", 1)
+
+    @property
+    def rate(self) -> float:
+        return 1.0 - (1.0 - self.final_sparsity) ** (1.0 / self.rounds)
+
+    def round_at(self, t: int) -> int:
+        """The round that ends at tick ``t`` (1-based), or 0 if none does."""
+        if t > 0 and t % self.round_length == 0 and t // self.round_length <= self.rounds:
+            return t // self.round_length
+        return 0
+
+    def sparsity_after(self, round_: int) -> float:
+        return 1.0 - (1.0 - self.rate) ** round_
