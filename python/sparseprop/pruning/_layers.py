@@ -114,7 +114,7 @@ class Layer:
         form if ``sparse_from`` says so. Returns the (possibly replaced) model root."""
         mask = mask.detach().to("cpu").bool().reshape(self.shape)
         sparsity = 1.0 - int(mask.sum()) / self.numel if self.numel else 0.0
-        want_sparse = sparse_from is not None and sparsity >= sparse_from and self.convertible()
+        want_sparse = sparse_from is not None and sparsity >= sparse_from and self.convertible(model)
         if self.is_dense and want_sparse:
             self._mask_dense(mask, optimizer)
             return self._to_sparse(model, optimizer)
@@ -126,13 +126,16 @@ class Layer:
             update_pattern(self.module, mask, optimizer)
         return model
 
-    def convertible(self) -> bool:
+    def convertible(self, model: nn.Module) -> bool:
         """Can this layer run on the sparse kernels? (exact nn.Linear / nn.Conv2d type,
-        so its forward is the standard one, and float32 CPU weights)."""
+        so its forward is the standard one; float32 CPU weights; a weight no other module
+        shares, since swapping the module would untie it)."""
         if not self.is_dense:
             return True
         w = self.module.weight
-        return type(self.module) in _DENSE_TYPES and w.dtype == torch.float32 and w.device.type == "cpu"
+        owners = sum(any(p is w for p in m._parameters.values()) for m in model.modules())
+        return (type(self.module) in _DENSE_TYPES and w.dtype == torch.float32
+                and w.device.type == "cpu" and owners == 1)
 
     def _mask_dense(self, mask: torch.Tensor, optimizer) -> None:
         param = self.module.weight
