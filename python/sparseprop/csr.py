@@ -13,6 +13,8 @@ INDEX_LIMIT = 2**31 - 1  # column indices are stored as int32
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     """Return ``sparsity`` as a float, or raise ValueError if it is not in [0, 1]."""
+    if isinstance(sparsity, (str, bytes)):
+        raise TypeError(f"{name} must be a number in [0, 1], got {sparsity!r}")
     try:
         value = float(sparsity)
     except (TypeError, ValueError):

@@ -1,25 +1,110 @@
-"""The main job: train the same MLP dense and sparse on scikit-learn's digits and compare.
+"""The main job: train the same model dense and with a pruning algorithm, and compare.
 
-Run ``python -m sparseprop`` (no arguments needed). The sparse model starts
-from the dense model's initialization, magnitude-pruned to ``--sparsity`` in
-its hidden layers, and trains on the sparse kernels; the dense model trains
-with nn.Linear. Both see the same batches in the same order.
+``python -m sparseprop`` (or the ``sparseprop`` console script) needs no arguments. It trains
+an MLP on scikit-learn's digits dense, then again from the same initialization and with the
+same batch order under gradual magnitude pruning to 95% of its hidden-to-hidden weights. The
+pruner swaps a layer for SparseLinear as soon as it is 70% sparse, so most epochs run on the
+sparse kernels. It prints test accuracy, time per epoch, speedup, parameter memory and a
+per-layer sparsity table; ``--plot FILE.png`` also draws the curves.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
+import os
 import time
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from . import SparseLinear, get_isa, set_num_threads
+from . import get_isa, get_num_threads, pruning, set_num_threads, summary
+from .demo_report import (Progress, RunLog, layers_table, require_matplotlib, results_table,
+                          save_plot)
+
+ALGORITHMS = {
+    "gmp": "gradual magnitude pruning (Zhu & Gupta 2017) from dense, done at 40% of training",
+    "magnitude": "one-shot magnitude pruning at initialization",
+    "random-erk": "random pruning at initialization, ERK layer densities",
+    "snip": "SNIP at initialization (connection sensitivity on one batch)",
+    "synflow": "SynFlow at initialization (data-free, 20 rounds)",
+    "acdc": "AC/DC: dense warm-up, alternating sparse/dense phases, sparse last 20%",
+    "rigl": "RigL: random sparse start, drop-and-regrow by gradient until 75% of training",
+    "granet": "GraNet: gradual magnitude pruning with regrowth, done at 40% of training",
+    "imp": "iterative magnitude pruning with rewinding (lottery tickets), 3 rounds",
+}
+# Pruned at initialization: their kept weights are rescaled (see rescale_kept).
+AT_INIT = ("magnitude", "random-erk", "snip", "synflow", "rigl")
+# --model: (number of hidden-to-hidden layers, default width).
+MODELS = {"mlp": (1, 4096), "deep-mlp": (3, 2048)}
+SPARSE_FROM = 0.7  # the sparse kernels beat dense from about here (see the README's tables)
 
 
+# --- arguments --------------------------------------------------------------------------
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1) (a fraction of zero weights), got {text}")
+    return value
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sparseprop", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0] + "\n\nalgorithms:\n" + "\n".join(
+            f"  {name:<11} {text}" for name, text in ALGORITHMS.items()))
+    p.add_argument("--algorithm", choices=list(ALGORITHMS), default="gmp", help="default: gmp")
+    p.add_argument("--sparsity", type=_sparsity, default=0.95,
+                   help="final sparsity of the hidden-to-hidden layers, in (0, 1) (default 0.95)")
+    p.add_argument("--model", choices=list(MODELS), default="mlp",
+                   help="mlp: 64-H-H-10; deep-mlp: 64-H-H-H-H-10 (default mlp)")
+    p.add_argument("--hidden", type=_positive(int), default=None,
+                   help="hidden width H (default 4096 for mlp, 2048 for deep-mlp)")
+    p.add_argument("--epochs", type=_positive(int), default=8, help="default 8")
+    p.add_argument("--batch-size", type=_positive(int), default=128, help="default 128")
+    p.add_argument("--lr", type=_positive(float), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--threads", type=_positive(int), default=None,
+                   help="threads for torch and sparseprop (default: torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="initialization, batch order, pruner (default 0)")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="save accuracy and time per epoch curves (needs matplotlib)")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress bars or per-epoch lines (the final tables still print)")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.hidden is None:
+        args.hidden = MODELS[args.model][1]
+    if args.plot is not None:
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            parser.error(f"--plot: directory {folder} does not exist")
+        require_matplotlib()
+    return args
+
+
+# --- data and model ---------------------------------------------------------------------
 def load_digits_split(seed: int) -> Tuple[torch.Tensor, ...]:
+    """scikit-learn's 8x8 digits (ships with it, no download): 80% train, 20% test."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - depends on the environment
@@ -33,30 +118,75 @@ def load_digits_split(seed: int) -> Tuple[torch.Tensor, ...]:
     return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
 
 
-def build_mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, n_out))
+def build_model(name: str, n_in: int, hidden: int, n_out: int) -> Tuple[nn.Sequential, List[str]]:
+    """The model and the names of its hidden-to-hidden layers (the ones pruned)."""
+    layers: List[nn.Module] = [nn.Linear(n_in, hidden), nn.ReLU()]
+    for _ in range(MODELS[name][0]):
+        layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+    layers.append(nn.Linear(hidden, n_out))
+    model = nn.Sequential(*layers)
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return model, linear[1:-1]
 
 
-def sparsify_hidden(model: nn.Sequential, sparsity: float) -> nn.Sequential:
-    """Copy of ``model`` whose hidden-to-hidden layer (nearly all of the compute)
-    is a magnitude-pruned SparseLinear. The small input and output layers stay
-    dense: at 95% a 64-input unit would keep about 3 inputs.
+# --- pruning ----------------------------------------------------------------------------
+def make_pruner(args, model: nn.Module, opt, names: List[str], x_train, y_train,
+                total: int) -> pruning.Pruner:
+    """The pruner for ``args.algorithm``, its schedule scaled to ``total`` optimizer steps."""
+    s, name = args.sparsity, args.algorithm
+    # Below SPARSE_FROM a layer stays a masked dense layer; a lower target still ends sparse.
+    kw = dict(layers=names, sparse_from=min(SPARSE_FROM, s), seed=args.seed)
 
-    The kept weights are scaled by 1/sqrt(density) so each unit's pre-activation
-    keeps the variance it had with its full fan-in (as sparse-from-scratch
-    methods such as SET and RigL do); without it a 95%-sparse net starts
-    with vanishing activations and trains slowly."""
-    sparse = copy.deepcopy(model)
-    for i in (2,):
-        layer = SparseLinear.from_dense(model[i], sparsity=sparsity)
-        if layer.nnz:
-            with torch.no_grad():
-                layer.values.mul_((1.0 - layer.sparsity) ** -0.5)
-        sparse[i] = layer
-    return sparse
+    def at(fraction: float, minimum: int = 1) -> int:
+        return max(minimum, round(fraction * total))
+
+    if name in ("gmp", "granet"):
+        end = at(0.4)
+        cls = pruning.GradualMagnitudePruner if name == "gmp" else pruning.GraNetPruner
+        return cls(model, opt, final_sparsity=s, end_step=end, frequency=max(1, end // 10), **kw)
+    if name == "magnitude":
+        return pruning.MagnitudePruner(model, opt, sparsity=s, **kw)
+    if name == "random-erk":
+        return pruning.RandomPruner(model, opt, sparsity=s, allocation="erk", **kw)
+    if name == "snip":
+        n = args.batch_size  # the first training batch (no random draw: same data every run)
+        return pruning.SNIPPruner(model, opt, sparsity=s, inputs=x_train[:n], targets=y_train[:n], **kw)
+    if name == "synflow":
+        return pruning.SynFlowPruner(model, opt, sparsity=s, example_input=x_train[:1],
+                                     iterations=20, **kw)
+    if name == "acdc":
+        final, phase = at(0.2), at(0.1)
+        warmup = min(at(0.1, 0), total - final)
+        return pruning.ACDCPruner(model, opt, sparsity=s, total=total, warmup=warmup,
+                                  sparse_length=phase, dense_length=phase,
+                                  final_sparse_length=final, **kw)
+    if name == "rigl":
+        end = at(0.75)
+        return pruning.RigLPruner(model, opt, sparsity=s, end_step=end,
+                                  frequency=max(1, end // 10), **kw)
+    if name == "imp":
+        rounds = 3 if total >= 4 else 1
+        length = max(1, total // (rounds + 1))  # the last quarter trains the final ticket
+        return pruning.IterativeMagnitudePruner(model, opt, final_sparsity=s, rounds=rounds,
+                                                round_length=length,
+                                                rewind_step=min(length - 1, at(0.05, 0)), **kw)
+    raise ValueError(f"unknown algorithm {name!r}")
 
 
+def rescale_kept(pruner: pruning.Pruner, norms: Dict[str, torch.Tensor]) -> None:
+    """Give each layer pruned at initialization its initial Frobenius norm back (about
+    1/sqrt(density) for random pruning), so units keep the activation scale of their full
+    fan-in; otherwise a 95%-sparse net starts with vanishing activations and learns slowly.
+    Pruning during training (GMP, AC/DC, IMP, GraNet) removes small trained weights and
+    needs no such correction."""
+    with torch.no_grad():
+        for name, layer in pruner.layers.items():
+            kept = layer.weight().norm()
+            if kept > 0:
+                layer.parameters()[0].mul_(norms[name] / kept)
+
+
+# --- training ---------------------------------------------------------------------------
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
@@ -65,78 +195,100 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * correct
 
 
-def train(model: nn.Module, data, epochs: int, batch_size: int, lr: float, seed: int, label: str):
+def train(model: nn.Module, opt, pruner: Optional[pruning.Pruner], data, args, log: RunLog,
+          progress: Progress) -> None:
+    """Train ``model`` for ``args.epochs``; the batch order depends on ``args.seed`` only, so
+    both runs see the same batches."""
     x_train, y_train, x_test, y_test = data
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
-    epoch_times: List[float] = []
-    accs: List[float] = []
-    steps = (len(y_train) + batch_size - 1) // batch_size
-    interactive = sys.stdout.isatty()  # redraw the bar only on a terminal
-    for epoch in range(epochs):
-        order = torch.randperm(len(y_train), generator=gen)
+    gen = torch.Generator().manual_seed(args.seed)
+    n, bs = len(y_train), args.batch_size
+    steps = (n + bs - 1) // bs
+    for epoch in range(args.epochs):
+        progress.start(log.label, epoch, args.epochs)
+        order = torch.randperm(n, generator=gen)
+        on_sparse = 0
         start = time.perf_counter()
         for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
+            if pruner is not None:
+                on_sparse += all(not layer.is_dense for layer in pruner.layers.values())
+            idx = order[step * bs:(step + 1) * bs]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x_train[idx]), y_train[idx])
             loss.backward()
             opt.step()
-            if interactive or step == steps - 1:
-                done = int(20 * (step + 1) / steps)
-                print(f"\r  {label:>6} epoch {epoch + 1:>2}/{epochs} [{'#' * done}{'.' * (20 - done)}] "
-                      f"loss {loss.item():.3f}", end="", flush=True)
-        epoch_times.append(time.perf_counter() - start)
-        accs.append(accuracy(model, x_test, y_test))
-        print(f"  test acc {accs[-1]:5.1f}%  {epoch_times[-1]:.2f}s", flush=True)
-    return epoch_times, accs
+            if pruner is not None:
+                pruner.step()  # after the optimizer step: prunes, regrows, switches form
+            progress.step(step + 1, steps, loss.item())
+        log.times.append(time.perf_counter() - start)
+        log.accs.append(accuracy(model, x_test, y_test))
+        log.on_sparse.append(on_sparse / steps)
+        log.sparsity.append(pruner.sparsity() if pruner is not None else 0.0)
+        text = f"test acc {log.accs[-1]:5.1f}%  {log.times[-1]:6.2f}s"
+        if pruner is not None:
+            text += f"  sparsity {log.sparsity[-1]:6.1%}, sparse kernels {log.on_sparse[-1]:4.0%} of steps"
+        progress.end(loss.item(), text)
+    stats = summary(model).totals
+    log.param_bytes = stats["bytes"] + stats["other_bytes"]
 
 
-def parameter_bytes(model: nn.Module) -> int:
-    """Bytes of parameters plus the index buffers a sparse layer needs."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    total += sum(b.numel() * b.element_size() for name, b in model.named_buffers()
-                 if name.rsplit(".", 1)[-1] in ("indptr", "indices"))
-    return total
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparseprop", description=__doc__.splitlines()[0])
-    parser.add_argument("--sparsity", type=float, default=0.95, help="sparsity of the hidden-to-hidden layer (default 0.95)")
-    parser.add_argument("--hidden", type=int, default=4096, help="hidden width (default 4096)")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=None, help="threads for torch and sparseprop")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+# --- the job ----------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> Tuple[RunLog, RunLog, nn.Module, List[str]]:
+    """Train dense and sparse; return both logs, the sparse model and the pruned layer names."""
     if args.threads:
         torch.set_num_threads(args.threads)
         set_num_threads(args.threads)
-
     torch.manual_seed(args.seed)
     data = load_digits_split(args.seed)
-    dense = build_mlp(data[0].shape[1], args.hidden, 10)
-    sparse = sparsify_hidden(dense, args.sparsity)
-    print(f"digits: {len(data[1])} train / {len(data[3])} test; MLP 64-{args.hidden}-{args.hidden}-10; "
-          f"hidden-to-hidden sparsity {args.sparsity:.0%}; ISA {get_isa()}; {torch.get_num_threads()} threads")
+    dense, names = build_model(args.model, data[0].shape[1], args.hidden, 10)
+    sparse = copy.deepcopy(dense)  # same initialization
+    print(describe(args, data, dense, names), flush=True)
+    progress = Progress(enabled=not args.quiet)
 
-    dense_times, dense_accs = train(dense, data, args.epochs, args.batch_size, args.lr, args.seed, "dense")
-    sparse_times, sparse_accs = train(sparse, data, args.epochs, args.batch_size, args.lr, args.seed, "sparse")
+    dense_log = RunLog("dense")
+    opt = torch.optim.AdamW(dense.parameters(), lr=args.lr, weight_decay=1e-4)
+    train(dense, opt, None, data, args, dense_log, progress)
 
-    # Skip the first epoch (warm-up) when there is more than one.
-    def per_epoch(times: List[float]) -> float:
-        kept = times[1:] if len(times) > 1 else times
-        return sorted(kept)[len(kept) // 2]
+    sparse_log = RunLog(f"sparse ({args.algorithm})")
+    opt = torch.optim.AdamW(sparse.parameters(), lr=args.lr, weight_decay=1e-4)
+    norms = {n: sparse.get_submodule(n).weight.detach().norm() for n in names}
+    total = args.epochs * ((len(data[1]) + args.batch_size - 1) // args.batch_size)
+    pruner = make_pruner(args, sparse, opt, names, data[0], data[1], total)
+    if args.algorithm in AT_INIT:
+        rescale_kept(pruner, norms)
+    train(sparse, opt, pruner, data, args, sparse_log, progress)
+    pruner.remove()
+    return dense_log, sparse_log, sparse, names
 
-    d_t, s_t = per_epoch(dense_times), per_epoch(sparse_times)
-    d_mem, s_mem = parameter_bytes(dense), parameter_bytes(sparse)
-    print()
-    print(f"{'':8}{'test acc':>10}{'s/epoch':>10}{'params MB':>11}")
-    print(f"{'dense':8}{dense_accs[-1]:>9.1f}%{d_t:>10.3f}{d_mem / 1e6:>11.2f}")
-    print(f"{'sparse':8}{sparse_accs[-1]:>9.1f}%{s_t:>10.3f}{s_mem / 1e6:>11.2f}")
-    print(f"speedup {d_t / s_t:.2f}x per epoch, {d_mem / s_mem:.1f}x smaller parameters")
-    print("per-layer sparsity: " + ", ".join(
-        f"{name} {m.sparsity:.1%}" for name, m in sparse.named_modules() if isinstance(m, SparseLinear)))
+
+def describe(args, data, model: nn.Module, names: List[str]) -> str:
+    widths = [m.in_features for m in model if isinstance(m, nn.Linear)] + [10]
+    params = sum(p.numel() for p in model.parameters())
+    pruned = sum(model.get_submodule(n).weight.numel() for n in names)
+    steps = (len(data[1]) + args.batch_size - 1) // args.batch_size
+    return "\n".join([
+        f"sparseprop: ISA {get_isa()}, {get_num_threads()} threads (torch {torch.get_num_threads()})",
+        f"data: scikit-learn digits, 8x8 = 64 features, {len(data[1])} train / {len(data[3])} test",
+        f"model: {args.model} {'-'.join(map(str, widths))}, {params / 1e6:.2f}M parameters",
+        f"sparse run: {args.algorithm}: {ALGORITHMS[args.algorithm]}, to {args.sparsity:.0%} of the "
+        f"{len(names)} hidden-to-hidden layer(s) ({pruned / params:.1%} of the weights); the small "
+        f"input and output layers stay dense",
+        f"training: {args.epochs} epochs x {steps} steps of {args.batch_size}, AdamW lr {args.lr:g}, "
+        f"seed {args.seed}; both runs from the same initialization and batch order",
+    ])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    dense_log, sparse_log, sparse_model, names = run(args)
+    why = {n: "input layer" for n in ["0"]}
+    why[str(len(sparse_model) - 1)] = "output layer"
+    print(f"\nresults after {args.epochs} epochs")
+    print(results_table(dense_log, sparse_log))
+    print("\nper-layer sparsity of the sparse model")
+    print(layers_table(sparse_model, names, why))
+    if args.plot:
+        save_plot(args.plot, dense_log, sparse_log,
+                  f"digits, {args.model} H={args.hidden}: dense vs {args.algorithm} at {args.sparsity:.0%}")
+        print(f"\nplot saved to {args.plot}")
     return 0

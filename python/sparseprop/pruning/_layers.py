@@ -36,7 +36,11 @@ class Layer:
         self.capture: Optional[torch.Tensor] = None  # dense gradient, while capturing
         self.capturing = False
         self._capture_hook = None
-        if self.is_dense:
+
+    def attach(self) -> None:
+        """Start masking the gradient of a dense layer's weight (pruners call this once
+        their arguments are validated, so a failed constructor leaves no hooks)."""
+        if self.is_dense and self._grad_hook is None:
             self._install_grad_hook()
 
     # --- inspection ------------------------------------------------------------------
@@ -88,6 +92,9 @@ class Layer:
 
     # --- dense-form mask enforcement ---------------------------------------------------
     def _install_grad_hook(self) -> None:
+        if not self.module.weight.requires_grad:
+            return  # a frozen weight gets no gradient; enforce() still applies the mask
+
         def mask_grad(grad: torch.Tensor) -> torch.Tensor:
             if self.capturing:
                 self.capture = grad.detach().clone() if self.capture is None else self.capture + grad
@@ -158,6 +165,7 @@ class Layer:
         if dense.bias is not None:
             sparse.bias = dense.bias  # the same Parameter: the optimizer keeps its state
         sparse.train(dense.training)
+        sparse.values.requires_grad_(dense.weight.requires_grad)
         _swap_parameter(optimizer, dense.weight, sparse.values,
                         lambda t: pattern.gather(t.reshape(pattern.shape)))
         self.remove_hooks()
@@ -171,6 +179,7 @@ class Layer:
         if sparse.bias is not None:
             dense.bias = sparse.bias
         dense.train(sparse.training)
+        dense.weight.requires_grad_(sparse.values.requires_grad)
         self.dense_mask = pattern.mask().view(self.shape)
         _swap_parameter(optimizer, sparse.values, dense.weight,
                         lambda t: pattern.to_dense(t).view(self.shape))
@@ -247,7 +256,7 @@ def _swap_parameter(optimizer, old: torch.Tensor, new: torch.Tensor, convert) ->
         for i, p in enumerate(params):
             if p is old:
                 params[i], found = new, True
-    if not found:
+    if not found and old.requires_grad:
         raise ValueError("the optimizer does not train this layer's weight; pass the optimizer "
                          "that trains the model (or None)")
     state = optimizer.state.pop(old, None)
@@ -274,7 +283,7 @@ def find_layers(model: nn.Module, layers: NamesArg = None, exclude: NamesArg = N
         if "" in names:
             raise ValueError("the model itself is a prunable layer; wrap it in nn.Sequential")
         found[names[0]] = Layer(names[0], names, module)
-    if not found:
+    if not found and old.requires_grad:
         raise ValueError("no prunable layers (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d) "
                          "selected in the model")
     return found

@@ -64,6 +64,8 @@ class Pruner:
 
     def _start(self) -> None:
         """Subclasses call this at the end of ``__init__``: tick 0 happens now."""
+        for layer in self.layers.values():
+            layer.attach()
         self._tick(0)
 
     # --- the clock ----------------------------------------------------------------------

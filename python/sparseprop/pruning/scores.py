@@ -77,14 +77,19 @@ def synflow(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: 
     """SynFlow scores |dR/dw * w| (Tanaka et al., "Pruning neural networks without any data
     by iteratively conserving synaptic flow", NeurIPS 2020).
 
-    ``R = sum(f(1))``: the network with every parameter replaced by its absolute value
-    (``masks`` applied), evaluated in float64 and eval mode on an all-ones input shaped
+    ``R = sum(f(1))``: the network with every weight replaced by its absolute value and
+    biases set to zero (``masks`` applied), evaluated in float64 and eval mode on an all-ones input shaped
     like one sample of ``example_input``. Data-free: only the input's shape is used.
     """
     clone = _dense_copy(model, masks).double().eval()
     with torch.no_grad():
-        for p in clone.parameters():
-            p.abs_()
+        for name, p in clone.named_parameters():
+            # The paper's flow has no bias terms: positive biases would feed flow into
+            # later layers and let the global threshold empty the early ones.
+            if name.rsplit(".", 1)[-1] == "bias":
+                p.zero_()
+            else:
+                p.abs_()
     weights = {name: clone.get_submodule(name).weight for name in masks}
     ones = torch.ones((1,) + tuple(example_input.shape[1:]), dtype=torch.float64)
     flow = clone(ones).sum()

@@ -1,0 +1,156 @@
+"""Output of the main job (``python -m sparseprop``): progress bars, the result tables and
+the optional plot. Kept apart from :mod:`sparseprop.demo`, which does the training."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import IO, List, Optional, Sequence, Tuple
+
+from torch import nn
+
+from .convert import _fmt_bytes, _format_table, _shape_str, summary
+
+
+@dataclass
+class RunLog:
+    """What one training run measured, one entry per epoch."""
+
+    label: str
+    accs: List[float] = field(default_factory=list)       # test accuracy (%) after the epoch
+    times: List[float] = field(default_factory=list)      # training wall time (s), no evaluation
+    on_sparse: List[float] = field(default_factory=list)  # fraction of steps on the sparse kernels
+    sparsity: List[float] = field(default_factory=list)   # sparsity of the pruned layers
+    param_bytes: int = 0
+
+    @property
+    def total(self) -> float:
+        return sum(self.times)
+
+    def sparse_epochs(self) -> List[int]:
+        """Epochs whose every step ran with all pruned layers on the sparse kernels."""
+        return [i for i, f in enumerate(self.on_sparse) if f >= 1.0]
+
+
+# --- progress ---------------------------------------------------------------------------
+class Progress:
+    """Progress on stderr: a bar redrawn in place on a terminal; elsewhere (CI logs, pipes)
+    only one line per finished epoch, so logs stay readable. ``enabled=False``: silent."""
+
+    width = 24
+
+    def __init__(self, enabled: bool = True, stream: Optional[IO[str]] = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = enabled and callable(isatty) and isatty()
+        self.prefix = ""
+
+    def start(self, label: str, epoch: int, epochs: int) -> None:
+        self.prefix = f"{label:>6} epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"
+
+    def step(self, done: int, steps: int, loss: float) -> None:
+        if not self.tty:
+            return
+        filled = self.width * done // steps
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r{self.prefix} [{bar}] loss {loss:.3f}")
+        self.stream.flush()
+
+    def end(self, loss: float, text: str) -> None:
+        if not self.enabled:
+            return
+        start = "\r" if self.tty else ""
+        self.stream.write(f"{start}{self.prefix} [{'#' * self.width}] loss {loss:.3f}  {text}\n")
+        self.stream.flush()
+
+
+# --- tables -----------------------------------------------------------------------------
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def epoch_times(dense: RunLog, sparse: RunLog) -> Tuple[float, float, str]:
+    """Median s/epoch of each run and a sentence saying which epochs were counted."""
+    kept = sparse.sparse_epochs()
+    epochs = len(sparse.times)
+    if kept:
+        which = (f"dense: all {len(dense.times)} epochs; sparse: the {len(kept)} of {epochs} "
+                 f"epochs run entirely on the sparse kernels")
+        return median(dense.times), median([sparse.times[i] for i in kept]), which
+    which = (f"all {epochs} epochs of both runs (no epoch of the sparse run was entirely on "
+             f"the sparse kernels)")
+    return median(dense.times), median(sparse.times), which
+
+
+def results_table(dense: RunLog, sparse: RunLog) -> str:
+    d_t, s_t, which = epoch_times(dense, sparse)
+    headers = ("run", "test acc", "s/epoch", "speedup", "total s", "parameters", "memory")
+    rows = []
+    for log, t in ((dense, d_t), (sparse, s_t)):
+        rows.append((log.label, f"{log.accs[-1]:.1f}%", f"{t:.3f}", f"{d_t / t:.2f}x",
+                     f"{log.total:.1f}", _fmt_bytes(log.param_bytes),
+                     f"{dense.param_bytes / log.param_bytes:.1f}x smaller" if log is sparse else ""))
+    table = _format_table(headers, rows, (False, True, True, True, True, True, False))
+    notes = [
+        f"s/epoch: median training time per epoch ({which}); speedup = dense s/epoch / s/epoch.",
+        f"total s: the whole run's training time, pruning and any dense phase included "
+        f"(end to end {dense.total / sparse.total:.2f}x); evaluation excluded.",
+        "parameters: parameters + sparse pattern buffers (indptr, indices), as sparseprop.summary counts them.",
+    ]
+    return table + "\n" + "\n".join(notes)
+
+
+def layers_table(model: nn.Module, pruned: Sequence[str], why_dense: dict) -> str:
+    """Per-layer type, shape, nonzeros and sparsity of ``model`` (sparseprop.summary)."""
+    rows = []
+    for r in summary(model):
+        note = "pruned" if r["layer"] in pruned else f"not pruned ({why_dense.get(r['layer'], 'excluded')})"
+        rows.append((r["layer"], r["type"], _shape_str(r["shape"]), r["nnz"],
+                     f"{r['sparsity']:.1%}", _fmt_bytes(r["bytes"]), note))
+    headers = ("layer", "type", "shape", "nnz", "sparsity", "memory", "")
+    return _format_table(headers, rows, (False, False, False, True, True, True, False))
+
+
+# --- plot -------------------------------------------------------------------------------
+def require_matplotlib() -> None:
+    """Fail before training, not after, if --plot cannot work."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib, which is not installed: "
+                         "pip install matplotlib  (or pip install 'sparseprop[plot]')") from None
+
+
+def save_plot(path: str, dense: RunLog, sparse: RunLog, title: str) -> None:
+    """Two panels: test accuracy per epoch, and seconds per epoch with the sparse run's
+    sparsity on a second axis (the time drops as the pruned layers go sparse)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    epochs = list(range(1, len(dense.accs) + 1))
+    fig, (ax_acc, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for log, style in ((dense, "o-"), (sparse, "s-")):
+        ax_acc.plot(epochs, log.accs, style, label=log.label)
+        ax_time.plot(epochs, log.times, style, label=log.label)
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
+    ax_time.set(xlabel="epoch", ylabel="seconds per epoch", title="speed", ylim=(0, None))
+    ax_sparsity = ax_time.twinx()
+    ax_sparsity.plot(epochs, [100 * s for s in sparse.sparsity], ":", color="gray",
+                     label=f"{sparse.label} sparsity")
+    ax_sparsity.set(ylabel="sparsity of pruned layers (%)", ylim=(0, 100))
+    for ax in (ax_acc, ax_time):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
+    lines = ax_time.get_legend_handles_labels()
+    extra = ax_sparsity.get_legend_handles_labels()
+    ax_time.legend(lines[0] + extra[0], lines[1] + extra[1], loc="upper right")
+    ax_acc.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), dpi=110)
+    plt.close(fig)
