@@ -77,7 +77,8 @@ class RigLPruner(Pruner):
     ``frequency`` steps before ``end_step``, each layer drops the fraction
     ``alpha / 2 * (1 + cos(pi * t / end_step))`` of its weights with the smallest magnitude
     and regrows as many at the positions with the largest dense gradient, new weights at
-    zero; the sparsity never changes. Only the steps before an update compute a dense
+    zero (a weight dropped and regrown in the same update keeps its value, as in the
+    reference implementation); the sparsity never changes. Only the steps before an update compute a dense
     gradient (sparse layers form it from their input and output gradient); every other
     step stays sparse. Needs ``unit="step"``.
     """
