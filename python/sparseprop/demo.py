@@ -1,4 +1,4 @@
-"""The main job: train the same model dense and with a pruning algorithm, and compare.
+"""The main job: train the same model dense and sparse on scikit-learn's digits, and compare.
 
 ``python -m sparseprop`` (or the ``sparseprop`` console script) needs no arguments. It trains
 an MLP on scikit-learn's digits dense, then again from the same initialization and with the
@@ -12,25 +12,25 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from . import get_isa, get_num_threads, pruning, set_num_threads, summary
-from .demo_report import (Progress, RunLog, layers_table, require_matplotlib, results_table,
-                          save_plot)
+from . import pruning, set_num_threads, summary
+from .demo_report import Progress, RunLog, describe, report, require_matplotlib, save_plot
 
 ALGORITHMS = {
-    "gmp": "gradual magnitude pruning (Zhu & Gupta 2017) from dense, done at 40% of training",
+    "gmp": "gradual magnitude pruning (Zhu & Gupta 2017) from dense, done by 40% of training",
     "magnitude": "one-shot magnitude pruning at initialization",
-    "random-erk": "random pruning at initialization, ERK layer densities",
+    "random-erk": "random pruning at initialization, ERK densities (equal for equal shapes)",
     "snip": "SNIP at initialization (connection sensitivity on one batch)",
-    "synflow": "SynFlow at initialization (data-free, 20 rounds)",
-    "acdc": "AC/DC: dense warm-up, alternating sparse/dense phases, sparse last 20%",
+    "synflow": "SynFlow at initialization (data-free, 5 rounds)",
+    "acdc": "AC/DC: dense first epoch, then sparse/dense epochs, the last quarter sparse",
     "rigl": "RigL: random sparse start, drop-and-regrow by gradient until 75% of training",
-    "granet": "GraNet: gradual magnitude pruning with regrowth, done at 40% of training",
+    "granet": "GraNet: gradual magnitude pruning with regrowth, done by 40% of training",
     "imp": "iterative magnitude pruning with rewinding (lottery tickets), 3 rounds",
 }
 # Pruned at initialization: their kept weights are rescaled (see rescale_kept).
@@ -47,7 +47,8 @@ def _sparsity(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
     if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1) (a fraction of zero weights), got {text}")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1) (a fraction of zero weights), "
+                                         f"got {text}")
     return value
 
 
@@ -56,7 +57,8 @@ def _positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"must be a positive {kind.__name__}, got {text!r}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
@@ -65,23 +67,28 @@ def _positive(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    module = os.path.basename(sys.argv[0]) == "__main__.py"  # python -m sparseprop
     p = argparse.ArgumentParser(
-        prog="python -m sparseprop", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m sparseprop" if module else "sparseprop",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0] + "\n\nalgorithms:\n" + "\n".join(
             f"  {name:<11} {text}" for name, text in ALGORITHMS.items()))
     p.add_argument("--algorithm", choices=list(ALGORITHMS), default="gmp", help="default: gmp")
     p.add_argument("--sparsity", type=_sparsity, default=0.95,
-                   help="final sparsity of the hidden-to-hidden layers, in (0, 1) (default 0.95)")
+                   help="final sparsity of the hidden-to-hidden layers, in (0, 1) (default 0.95; "
+                        "below about 0.7 the sparse kernels are slower than dense)")
     p.add_argument("--model", choices=list(MODELS), default="mlp",
                    help="mlp: 64-H-H-10; deep-mlp: 64-H-H-H-H-10 (default mlp)")
     p.add_argument("--hidden", type=_positive(int), default=None,
                    help="hidden width H (default 4096 for mlp, 2048 for deep-mlp)")
     p.add_argument("--epochs", type=_positive(int), default=8, help="default 8")
     p.add_argument("--batch-size", type=_positive(int), default=128, help="default 128")
-    p.add_argument("--lr", type=_positive(float), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--lr", type=_positive(float), default=1e-3,
+                   help="AdamW learning rate (default 1e-3)")
     p.add_argument("--threads", type=_positive(int), default=None,
                    help="threads for torch and sparseprop (default: torch's default)")
-    p.add_argument("--seed", type=int, default=0, help="initialization, batch order, pruner (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds initialization, batch order and pruner (default 0)")
     p.add_argument("--plot", metavar="FILE.png", default=None,
                    help="save accuracy and time per epoch curves (needs matplotlib)")
     p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
@@ -131,9 +138,10 @@ def build_model(name: str, n_in: int, hidden: int, n_out: int) -> Tuple[nn.Seque
 
 # --- pruning ----------------------------------------------------------------------------
 def make_pruner(args, model: nn.Module, opt, names: List[str], x_train, y_train,
-                total: int) -> pruning.Pruner:
-    """The pruner for ``args.algorithm``, its schedule scaled to ``total`` optimizer steps."""
-    s, name = args.sparsity, args.algorithm
+                steps: int) -> pruning.Pruner:
+    """The pruner for ``args.algorithm``, its schedule scaled to ``args.epochs`` epochs of
+    ``steps`` optimizer steps. Few mask updates: each one ranks every weight of a layer."""
+    s, name, total = args.sparsity, args.algorithm, args.epochs * steps
     # Below SPARSE_FROM a layer stays a masked dense layer; a lower target still ends sparse.
     kw = dict(layers=names, sparse_from=min(SPARSE_FROM, s), seed=args.seed)
 
@@ -141,32 +149,36 @@ def make_pruner(args, model: nn.Module, opt, names: List[str], x_train, y_train,
         return max(minimum, round(fraction * total))
 
     if name in ("gmp", "granet"):
-        end = at(0.4)
+        # 6 updates, the last at ~40% of training: most epochs run at the final sparsity.
+        freq = at(0.4 / 6)
         cls = pruning.GradualMagnitudePruner if name == "gmp" else pruning.GraNetPruner
-        return cls(model, opt, final_sparsity=s, end_step=end, frequency=max(1, end // 10), **kw)
+        return cls(model, opt, final_sparsity=s, end_step=min(6 * freq, total), frequency=freq,
+                   **kw)
     if name == "magnitude":
         return pruning.MagnitudePruner(model, opt, sparsity=s, **kw)
     if name == "random-erk":
         return pruning.RandomPruner(model, opt, sparsity=s, allocation="erk", **kw)
     if name == "snip":
         n = args.batch_size  # the first training batch (no random draw: same data every run)
-        return pruning.SNIPPruner(model, opt, sparsity=s, inputs=x_train[:n], targets=y_train[:n], **kw)
+        return pruning.SNIPPruner(model, opt, sparsity=s, inputs=x_train[:n],
+                                  targets=y_train[:n], **kw)
     if name == "synflow":
+        # 5 rounds, not the paper's 100: each round copies the model in float64.
         return pruning.SynFlowPruner(model, opt, sparsity=s, example_input=x_train[:1],
-                                     iterations=20, **kw)
+                                     iterations=5, **kw)
     if name == "acdc":
-        final, phase = at(0.2), at(0.1)
-        warmup = min(at(0.1, 0), total - final)
-        return pruning.ACDCPruner(model, opt, sparsity=s, total=total, warmup=warmup,
-                                  sparse_length=phase, dense_length=phase,
-                                  final_sparse_length=final, **kw)
+        # Phases of whole epochs: dense first epoch, then sparse/dense, the last quarter sparse.
+        final = max(1, round(0.25 * args.epochs))
+        return pruning.ACDCPruner(model, opt, sparsity=s, total=args.epochs,
+                                  warmup=min(1, args.epochs - final), sparse_length=1,
+                                  dense_length=1, final_sparse_length=final, unit="epoch", **kw)
     if name == "rigl":
-        end = at(0.75)
+        end = at(0.75)  # RigL stops updating the masks at 75% of training
         return pruning.RigLPruner(model, opt, sparsity=s, end_step=end,
-                                  frequency=max(1, end // 10), **kw)
+                                  frequency=max(1, end // 5), **kw)
     if name == "imp":
-        rounds = 3 if total >= 4 else 1
-        length = max(1, total // (rounds + 1))  # the last quarter trains the final ticket
+        rounds = min(3, max(1, args.epochs - 1))
+        length = max(1, total // (rounds + 1))  # the last round-length trains the final ticket
         return pruning.IterativeMagnitudePruner(model, opt, final_sparsity=s, rounds=rounds,
                                                 round_length=length,
                                                 rewind_step=min(length - 1, at(0.05, 0)), **kw)
@@ -209,6 +221,8 @@ def train(model: nn.Module, opt, pruner: Optional[pruning.Pruner], data, args, l
         order = torch.randperm(n, generator=gen)
         on_sparse = 0
         start = time.perf_counter()
+        if pruner is not None and epoch > 0:
+            pruner.epoch_step()  # pruners scheduled in epochs (AC/DC) change masks here
         for step in range(steps):
             if pruner is not None:
                 on_sparse += all(not layer.is_dense for layer in pruner.layers.values())
@@ -226,7 +240,8 @@ def train(model: nn.Module, opt, pruner: Optional[pruning.Pruner], data, args, l
         log.sparsity.append(pruner.sparsity() if pruner is not None else 0.0)
         text = f"test acc {log.accs[-1]:5.1f}%  {log.times[-1]:6.2f}s"
         if pruner is not None:
-            text += f"  sparsity {log.sparsity[-1]:6.1%}, sparse kernels {log.on_sparse[-1]:4.0%} of steps"
+            text += (f"  sparsity {log.sparsity[-1]:6.1%}, "
+                     f"sparse kernels {log.on_sparse[-1]:4.0%} of steps")
         progress.end(loss.item(), text)
     stats = summary(model).totals
     log.param_bytes = stats["bytes"] + stats["other_bytes"]
@@ -242,53 +257,34 @@ def run(args: argparse.Namespace) -> Tuple[RunLog, RunLog, nn.Module, List[str]]
     data = load_digits_split(args.seed)
     dense, names = build_model(args.model, data[0].shape[1], args.hidden, 10)
     sparse = copy.deepcopy(dense)  # same initialization
-    print(describe(args, data, dense, names), flush=True)
-    progress = Progress(enabled=not args.quiet)
-
-    dense_log = RunLog("dense")
+    print(describe(args, data, dense, names, ALGORITHMS[args.algorithm]), flush=True)
+    dense_log, sparse_log = RunLog("dense"), RunLog(f"sparse ({args.algorithm})")
+    progress = Progress(enabled=not args.quiet, label_width=len(sparse_log.label))
     opt = torch.optim.AdamW(dense.parameters(), lr=args.lr, weight_decay=1e-4)
     train(dense, opt, None, data, args, dense_log, progress)
 
-    sparse_log = RunLog(f"sparse ({args.algorithm})")
     opt = torch.optim.AdamW(sparse.parameters(), lr=args.lr, weight_decay=1e-4)
     norms = {n: sparse.get_submodule(n).weight.detach().norm() for n in names}
-    total = args.epochs * ((len(data[1]) + args.batch_size - 1) // args.batch_size)
-    pruner = make_pruner(args, sparse, opt, names, data[0], data[1], total)
+    steps = (len(data[1]) + args.batch_size - 1) // args.batch_size
+    start = time.perf_counter()
+    pruner = make_pruner(args, sparse, opt, names, data[0], data[1], steps)
     if args.algorithm in AT_INIT:
         rescale_kept(pruner, norms)
+    sparse_log.setup = time.perf_counter() - start
+    progress.note(f"{sparse_log.label}: pruner set up in {sparse_log.setup:.2f}s, "
+                  f"pruned layers now {pruner.sparsity():.1%} sparse")
     train(sparse, opt, pruner, data, args, sparse_log, progress)
     pruner.remove()
     return dense_log, sparse_log, sparse, names
 
 
-def describe(args, data, model: nn.Module, names: List[str]) -> str:
-    widths = [m.in_features for m in model if isinstance(m, nn.Linear)] + [10]
-    params = sum(p.numel() for p in model.parameters())
-    pruned = sum(model.get_submodule(n).weight.numel() for n in names)
-    steps = (len(data[1]) + args.batch_size - 1) // args.batch_size
-    return "\n".join([
-        f"sparseprop: ISA {get_isa()}, {get_num_threads()} threads (torch {torch.get_num_threads()})",
-        f"data: scikit-learn digits, 8x8 = 64 features, {len(data[1])} train / {len(data[3])} test",
-        f"model: {args.model} {'-'.join(map(str, widths))}, {params / 1e6:.2f}M parameters",
-        f"sparse run: {args.algorithm}: {ALGORITHMS[args.algorithm]}, to {args.sparsity:.0%} of the "
-        f"{len(names)} hidden-to-hidden layer(s) ({pruned / params:.1%} of the weights); the small "
-        f"input and output layers stay dense",
-        f"training: {args.epochs} epochs x {steps} steps of {args.batch_size}, AdamW lr {args.lr:g}, "
-        f"seed {args.seed}; both runs from the same initialization and batch order",
-    ])
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     dense_log, sparse_log, sparse_model, names = run(args)
-    why = {n: "input layer" for n in ["0"]}
-    why[str(len(sparse_model) - 1)] = "output layer"
-    print(f"\nresults after {args.epochs} epochs")
-    print(results_table(dense_log, sparse_log))
-    print("\nper-layer sparsity of the sparse model")
-    print(layers_table(sparse_model, names, why))
+    print(report(args, dense_log, sparse_log, sparse_model, names))
     if args.plot:
-        save_plot(args.plot, dense_log, sparse_log,
-                  f"digits, {args.model} H={args.hidden}: dense vs {args.algorithm} at {args.sparsity:.0%}")
+        title = (f"digits, {args.model} H={args.hidden}: dense vs {args.algorithm} "
+                 f"at {args.sparsity:.0%}")
+        save_plot(args.plot, dense_log, sparse_log, title)
         print(f"\nplot saved to {args.plot}")
     return 0

@@ -7,8 +7,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, List, Optional, Sequence, Tuple
 
+import torch
 from torch import nn
 
+from ._backend import get_isa, get_num_threads
 from .convert import _fmt_bytes, _format_table, _shape_str, summary
 
 
@@ -21,11 +23,12 @@ class RunLog:
     times: List[float] = field(default_factory=list)      # training wall time (s), no evaluation
     on_sparse: List[float] = field(default_factory=list)  # fraction of steps on the sparse kernels
     sparsity: List[float] = field(default_factory=list)   # sparsity of the pruned layers
+    setup: float = 0.0  # pruning before the first step (at-initialization algorithms)
     param_bytes: int = 0
 
     @property
     def total(self) -> float:
-        return sum(self.times)
+        return self.setup + sum(self.times)
 
     def sparse_epochs(self) -> List[int]:
         """Epochs whose every step ran with all pruned layers on the sparse kernels."""
@@ -39,15 +42,17 @@ class Progress:
 
     width = 24
 
-    def __init__(self, enabled: bool = True, stream: Optional[IO[str]] = None) -> None:
+    def __init__(self, enabled: bool = True, stream: Optional[IO[str]] = None,
+                 label_width: int = 6) -> None:
         self.stream = sys.stderr if stream is None else stream
+        self.label_width = label_width
         self.enabled = enabled
         isatty = getattr(self.stream, "isatty", None)
         self.tty = enabled and callable(isatty) and isatty()
         self.prefix = ""
 
     def start(self, label: str, epoch: int, epochs: int) -> None:
-        self.prefix = f"{label:>6} epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"
+        self.prefix = f"{label:>{self.label_width}} epoch {epoch + 1:>{len(str(epochs))}}/{epochs}"
 
     def step(self, done: int, steps: int, loss: float) -> None:
         if not self.tty:
@@ -56,6 +61,11 @@ class Progress:
         bar = "#" * filled + "." * (self.width - filled)
         self.stream.write(f"\r{self.prefix} [{bar}] loss {loss:.3f}")
         self.stream.flush()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def end(self, loss: float, text: str) -> None:
         if not self.enabled:
@@ -87,18 +97,19 @@ def epoch_times(dense: RunLog, sparse: RunLog) -> Tuple[float, float, str]:
 
 def results_table(dense: RunLog, sparse: RunLog) -> str:
     d_t, s_t, which = epoch_times(dense, sparse)
-    headers = ("run", "test acc", "s/epoch", "speedup", "total s", "parameters", "memory")
+    headers = ("run", "test acc", "s/epoch", "speedup", "total s", "parameters", "")
     rows = []
     for log, t in ((dense, d_t), (sparse, s_t)):
+        smaller = f"{dense.param_bytes / log.param_bytes:.1f}x smaller" if log is sparse else ""
         rows.append((log.label, f"{log.accs[-1]:.1f}%", f"{t:.3f}", f"{d_t / t:.2f}x",
-                     f"{log.total:.1f}", _fmt_bytes(log.param_bytes),
-                     f"{dense.param_bytes / log.param_bytes:.1f}x smaller" if log is sparse else ""))
+                     f"{log.total:.1f}", _fmt_bytes(log.param_bytes), smaller))
     table = _format_table(headers, rows, (False, True, True, True, True, True, False))
     notes = [
         f"s/epoch: median training time per epoch ({which}); speedup = dense s/epoch / s/epoch.",
-        f"total s: the whole run's training time, pruning and any dense phase included "
-        f"(end to end {dense.total / sparse.total:.2f}x); evaluation excluded.",
-        "parameters: parameters + sparse pattern buffers (indptr, indices), as sparseprop.summary counts them.",
+        f"total s: the whole run's training time, pruning (also at initialization) and any dense "
+        f"phase included (end to end {dense.total / sparse.total:.2f}x); evaluation excluded.",
+        "parameters: parameters + sparse pattern buffers (indptr, indices), as "
+        "sparseprop.summary counts them.",
     ]
     return table + "\n" + "\n".join(notes)
 
@@ -107,11 +118,42 @@ def layers_table(model: nn.Module, pruned: Sequence[str], why_dense: dict) -> st
     """Per-layer type, shape, nonzeros and sparsity of ``model`` (sparseprop.summary)."""
     rows = []
     for r in summary(model):
-        note = "pruned" if r["layer"] in pruned else f"not pruned ({why_dense.get(r['layer'], 'excluded')})"
+        why = why_dense.get(r["layer"], "excluded")
+        note = "pruned" if r["layer"] in pruned else f"not pruned ({why})"
         rows.append((r["layer"], r["type"], _shape_str(r["shape"]), r["nnz"],
                      f"{r['sparsity']:.1%}", _fmt_bytes(r["bytes"]), note))
     headers = ("layer", "type", "shape", "nnz", "sparsity", "memory", "")
     return _format_table(headers, rows, (False, False, False, True, True, True, False))
+
+
+def describe(args, data, model: nn.Module, names: List[str], algorithm: str) -> str:
+    """The header: machine, data, model, algorithm and training setup."""
+    widths = [m.in_features for m in model if isinstance(m, nn.Linear)] + [10]
+    params = sum(p.numel() for p in model.parameters())
+    pruned = sum(model.get_submodule(n).weight.numel() for n in names)
+    steps = (len(data[1]) + args.batch_size - 1) // args.batch_size
+    layers = (f"the {len(names)} hidden-to-hidden layers" if len(names) > 1
+              else "the hidden-to-hidden layer")
+    return "\n".join([
+        f"sparseprop: ISA {get_isa()}, {get_num_threads()} threads "
+        f"(torch {torch.get_num_threads()})",
+        f"data: scikit-learn digits, 8x8 = 64 features, {len(data[1])} train / {len(data[3])} test",
+        f"model: {args.model} {'-'.join(map(str, widths))}, {params / 1e6:.2f}M parameters",
+        f"sparse run: {args.algorithm}: {algorithm}; to {args.sparsity:.0%} in "
+        f"{layers} ({pruned / params:.1%} of the weights); the small input and output "
+        f"layers stay dense",
+        f"training: {args.epochs} epochs x {steps} steps of {args.batch_size}, "
+        f"AdamW lr {args.lr:g}, seed {args.seed}; both runs from the same initialization "
+        f"and batch order",
+    ])
+
+
+def report(args, dense_log: RunLog, sparse_log: RunLog, model: nn.Sequential,
+           names: List[str]) -> str:
+    """The final tables: results of both runs, then the sparse model layer by layer."""
+    why = {"0": "input layer", str(len(model) - 1): "output layer"}
+    return "\n".join([f"\nresults after {args.epochs} epochs", results_table(dense_log, sparse_log),
+                      "\nper-layer sparsity of the sparse model", layers_table(model, names, why)])
 
 
 # --- plot -------------------------------------------------------------------------------
@@ -148,7 +190,7 @@ def save_plot(path: str, dense: RunLog, sparse: RunLog, title: str) -> None:
         ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
     lines = ax_time.get_legend_handles_labels()
     extra = ax_sparsity.get_legend_handles_labels()
-    ax_time.legend(lines[0] + extra[0], lines[1] + extra[1], loc="upper right")
+    ax_time.legend(lines[0] + extra[0], lines[1] + extra[1], loc="center right", framealpha=0.9)
     ax_acc.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
