@@ -94,39 +94,10 @@ void transpose(const TransposeArgs& args, int num_threads) {
   run_split(even_split(args.cols, n), [&](int64_t b, int64_t e) { kernel(args, b, e); });
 }
 
-// Both image layout changes go one channel at a time. With unit column stride each
-// image row is one cache-blocked transpose between the channel's (n, w) block and
-// its (w, n) place in the phases (only the zero border is written besides); with a
-// column stride the channel goes through a per-thread buffer of h*w*n floats
-// (small enough for L2) and is scattered/gathered as n-float pixels.
-namespace {
-
-// Zero what the image does not cover in one channel's phases: padding rows, and the
-// left/right margins of image rows.
-void zero_phase_border(float* phases, int64_t n, int64_t h, int64_t w, int64_t sh, int64_t sw,
-                       int64_t top, int64_t left, int64_t hs, int64_t ws) {
-  const int64_t row_len = ws * n, phase = hs * row_len;
-  for (int64_t a = 0; a < sh; ++a) {
-    for (int64_t r = 0; r < hs; ++r) {
-      const int64_t pi = r * sh + a;  // padded image row held by phase row r
-      for (int64_t b = 0; b < sw; ++b) {
-        float* row = phases + (a * sw + b) * phase + r * row_len;
-        if (pi < top || pi >= top + h) {
-          std::fill(row, row + row_len, 0.0f);
-          continue;
-        }
-        // Phase columns holding image pixels: q with left <= q * sw + b < left + w.
-        const int64_t first = std::max<int64_t>(0, (left - b + sw - 1) / sw);
-        const int64_t last = std::min<int64_t>(ws, (left + w - b + sw - 1) / sw);
-        std::fill(row, row + std::min(first, ws) * n, 0.0f);
-        if (last > first) std::fill(row + last * n, row + row_len, 0.0f);
-      }
-    }
-  }
-}
-
-}  // namespace
-
+// Both image layout changes go one channel at a time through a per-thread
+// buffer of h*w*n floats (small enough for L2): one cache-blocked transpose
+// between the channel's (n, h*w) slab and the buffer, and copies of n-float
+// pixels (whole rows when the stride is 1) between the buffer and the phases.
 void to_phase_layout(const float* src, int64_t n, int64_t c, int64_t h, int64_t w, int64_t sh,
                      int64_t sw, int64_t top, int64_t left, int64_t hs, int64_t ws, float* dst,
                      int num_threads) {
@@ -138,22 +109,18 @@ void to_phase_layout(const float* src, int64_t n, int64_t c, int64_t h, int64_t 
   const auto kernel = active_kernels().transpose;
   const int threads = threads_for(c * sh * sw * phase, c, num_threads);
   run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
-    float* packed = sw == 1 ? nullptr : scratch(hw * n, 1);
+    float* packed = scratch(hw * n, 1);
     for (int64_t ch = c0; ch < c1; ++ch) {
-      float* phases = dst + ch * sh * sw * phase;
-      zero_phase_border(phases, n, h, w, sh, sw, top, left, hs, ws);
-      if (sw == 1) {
-        for (int64_t i = 0; i < h; ++i) {
-          const int64_t pi = i + top;
-          float* row = phases + (pi % sh) * phase + (pi / sh) * ws * n + left * n;
-          kernel(TransposeArgs{src + ch * hw + i * w, n, w, c * hw, row, n}, 0, w);
-        }
-        continue;
-      }
       kernel(TransposeArgs{src + ch * hw, n, hw, c * hw, packed, n}, 0, hw);
+      float* phases = dst + ch * sh * sw * phase;
+      std::fill(phases, phases + sh * sw * phase, 0.0f);
       for (int64_t i = 0; i < h; ++i) {
         const int64_t pi = i + top;
         float* row = phases + (pi % sh) * sw * phase + (pi / sh) * ws * n;
+        if (sw == 1) {
+          std::copy_n(packed + i * w * n, w * n, row + left * n);
+          continue;
+        }
         for (int64_t j = 0; j < w; ++j) {
           const int64_t pj = j + left;
           std::copy_n(packed + (i * w + j) * n, n, row + (pj % sw) * phase + (pj / sw) * n);
@@ -174,20 +141,16 @@ void from_phase_layout(const float* src, int64_t sh, int64_t sw, int64_t top, in
   const auto kernel = active_kernels().transpose;
   const int threads = threads_for(c * hw * n, c, num_threads);
   run_split(even_split(c, threads), [&](int64_t c0, int64_t c1) {
-    float* packed = sw == 1 ? nullptr : scratch(hw * n, 1);
+    float* packed = scratch(hw * n, 1);
     for (int64_t ch = c0; ch < c1; ++ch) {
       const float* phases = src + ch * sh * sw * phase;
-      if (sw == 1) {
-        for (int64_t i = 0; i < h; ++i) {
-          const int64_t pi = i + top;
-          const float* row = phases + (pi % sh) * phase + (pi / sh) * ws * n + left * n;
-          kernel(TransposeArgs{row, w, n, n, dst + ch * hw + i * w, c * hw}, 0, n);
-        }
-        continue;
-      }
       for (int64_t i = 0; i < h; ++i) {
         const int64_t pi = i + top;
         const float* row = phases + (pi % sh) * sw * phase + (pi / sh) * ws * n;
+        if (sw == 1) {
+          std::copy_n(row + left * n, w * n, packed + i * w * n);
+          continue;
+        }
         for (int64_t j = 0; j < w; ++j) {
           const int64_t pj = j + left;
           std::copy_n(row + (pj % sw) * phase + (pj / sw) * n, n, packed + (i * w + j) * n);
