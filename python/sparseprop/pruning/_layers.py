@@ -283,7 +283,7 @@ def find_layers(model: nn.Module, layers: NamesArg = None, exclude: NamesArg = N
         if "" in names:
             raise ValueError("the model itself is a prunable layer; wrap it in nn.Sequential")
         found[names[0]] = Layer(names[0], names, module)
-    if not found and old.requires_grad:
+    if not found:
         raise ValueError("no prunable layers (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d) "
                          "selected in the model")
     return found
