@@ -83,9 +83,6 @@ class Layer:
             return self.numel if self.dense_mask is None else int(self.dense_mask.sum())
         return self.module.nnz
 
-    def sparsity(self) -> float:
-        return 1.0 - self.nnz() / self.numel if self.numel else 0.0
-
     def parameters(self) -> List[nn.Parameter]:
         """The parameters holding this layer's weight (not its bias)."""
         return [self.module.weight if self.is_dense else self.module.values]
@@ -116,22 +113,22 @@ class Layer:
 
     # --- mask changes ---------------------------------------------------------------
     def set_mask(self, model: nn.Module, mask: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
-                 sparse_from: Optional[float]) -> nn.Module:
+                 sparse_from: Optional[float]) -> None:
         """Keep only ``mask``'s weights (new ones start at zero), switching the module's
-        form if ``sparse_from`` says so. Returns the (possibly replaced) model root."""
+        form if ``sparse_from`` says so."""
         mask = mask.detach().to("cpu").bool().reshape(self.shape)
         sparsity = 1.0 - int(mask.sum()) / self.numel if self.numel else 0.0
         want_sparse = sparse_from is not None and sparsity >= sparse_from and self.convertible(model)
         if self.is_dense and want_sparse:
             self._mask_dense(mask, optimizer)
-            return self._to_sparse(model, optimizer)
+            self._to_sparse(model, optimizer)
+            return
         if not self.is_dense and not want_sparse:
-            model = self._to_dense(model, optimizer)
+            self._to_dense(model, optimizer)
         if self.is_dense:
             self._mask_dense(mask, optimizer)
         else:
             update_pattern(self.module, mask, optimizer)
-        return model
 
     def convertible(self, model: nn.Module) -> bool:
         """Can this layer run on the sparse kernels? (exact nn.Linear / nn.Conv2d type,
@@ -156,7 +153,7 @@ class Layer:
             for value in _state_tensors(optimizer, param, param.shape):
                 value.mul_(mask)
 
-    def _to_sparse(self, model: nn.Module, optimizer) -> nn.Module:
+    def _to_sparse(self, model: nn.Module, optimizer) -> None:
         dense = self.module
         mask = self.dense_mask if self.dense_mask is not None else torch.ones(self.shape, dtype=torch.bool)
         cls = SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d
@@ -170,9 +167,9 @@ class Layer:
                         lambda t: pattern.gather(t.reshape(pattern.shape)))
         self.remove_hooks()
         self.dense_mask = None
-        return self._install(model, sparse)
+        self._install(model, sparse)
 
-    def _to_dense(self, model: nn.Module, optimizer) -> nn.Module:
+    def _to_dense(self, model: nn.Module, optimizer) -> None:
         sparse = self.module
         pattern = sparse.pattern
         dense = sparse.to_dense()
@@ -184,15 +181,15 @@ class Layer:
         _swap_parameter(optimizer, sparse.values, dense.weight,
                         lambda t: pattern.to_dense(t).view(self.shape))
         self.remove_hooks()
-        model = self._install(model, dense)
+        self._install(model, dense)
         self._install_grad_hook()
-        return model
 
-    def _install(self, model: nn.Module, module: nn.Module) -> nn.Module:
+    def _install(self, model: nn.Module, module: nn.Module) -> None:
+        """Put ``module`` at every name of this layer (never the root: see find_layers)."""
         if self.capturing:
             raise RuntimeError(f"layer '{self.name}' changed form while capturing a gradient")
         self.module = module
-        return _replace_all(model, self.names, module)
+        _replace_all(model, self.names, module)
 
     # --- dense gradient capture (for regrowth and saliency scores) -----------------------
     def start_capture(self) -> None:

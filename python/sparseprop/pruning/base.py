@@ -16,7 +16,7 @@ form and mask it had), then ``model.load_state_dict(...)`` and
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -124,17 +124,20 @@ class Pruner:
         self._log()
 
     def _log(self) -> None:
-        self.history.append({"step": self.t, "sparsity": self.sparsity(),
-                             "layers": self.layer_sparsity()})
+        counts = self._counts()  # counting a dense mask is a full pass: once per entry
+        self.history.append({"step": self.t, "sparsity": _overall(counts),
+                             "layers": _per_layer(counts)})
+
+    def _counts(self) -> Dict[str, Tuple[int, int]]:
+        """(kept, total) weights of every layer."""
+        return {name: (layer.nnz(), layer.numel) for name, layer in self.layers.items()}
 
     def sparsity(self) -> float:
         """Fraction of the pruned layers' weights that are pruned."""
-        total = sum(layer.numel for layer in self.layers.values())
-        kept = sum(layer.nnz() for layer in self.layers.values())
-        return 1.0 - kept / total if total else 0.0
+        return _overall(self._counts())
 
     def layer_sparsity(self) -> Dict[str, float]:
-        return {name: layer.sparsity() for name, layer in self.layers.items()}
+        return _per_layer(self._counts())
 
     def kernels(self) -> Dict[str, tuple]:
         return {name: layer.kernel for name, layer in self.layers.items()}
@@ -194,3 +197,15 @@ class Pruner:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(layers={len(self.layers)}, t={self.t}, "
                 f"sparsity={self.sparsity():.4f})")
+
+
+def _pruned_fraction(kept: int, total: int) -> float:
+    return 1.0 - kept / total if total else 0.0
+
+
+def _overall(counts: Dict[str, Tuple[int, int]]) -> float:
+    return _pruned_fraction(sum(k for k, _ in counts.values()), sum(t for _, t in counts.values()))
+
+
+def _per_layer(counts: Dict[str, Tuple[int, int]]) -> Dict[str, float]:
+    return {name: _pruned_fraction(k, t) for name, (k, t) in counts.items()}

@@ -153,14 +153,11 @@ class GraNetPruner(Pruner):
         self.allocation = allocation
         self._start()
 
-    def _is_update(self, t: int) -> bool:
-        return self.prune_schedule.is_update(t)
-
     def _wants_gradients(self, t: int) -> bool:
-        return self._is_update(t) and t < self.prune_schedule.end_step
+        return self.prune_schedule.is_update(t) and t < self.prune_schedule.end_step
 
     def _update(self, t, grads) -> bool:
-        if not self._is_update(t):
+        if not self.prune_schedule.is_update(t):
             return False
         scores = {n: magnitude(w) for n, w in self.weights().items()}
         masks = allocate(scores, self.prune_schedule.sparsity(t), self.allocation, self.masks())
