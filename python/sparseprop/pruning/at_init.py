@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..modules import _check_count
 from .allocation import allocate, check_allocation, check_target
 from .base import Pruner
 from .scores import random_scores, snip, synflow
@@ -80,8 +81,7 @@ class SynFlowPruner(Pruner):
                  example_input: torch.Tensor, iterations: int = 100, **kwargs) -> None:
         super().__init__(model, optimizer, **kwargs)
         self.target = check_target(sparsity)
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
+        _check_count("iterations", iterations, 1)
         if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
             raise TypeError("example_input must be a batched tensor shaped like the model's input")
         self.iterations, self._example = iterations, example_input

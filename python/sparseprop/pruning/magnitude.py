@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from ..modules import _check_count
 from .allocation import allocate, check_allocation, check_target
 from .base import Pruner
 from .schedules import GradualSchedule, IterativeSchedule
@@ -50,9 +51,7 @@ class MagnitudePruner(Pruner):
         self.allocation, self.score = allocation, score
         self.score_fn = _score_fn(score)
         self.min_keep = _check_min_keep(min_keep, allocation)
-        if isinstance(at, bool) or not isinstance(at, int) or at < 0:
-            raise ValueError(f"at must be an int >= 0, got {at!r}")
-        self.at = at
+        self.at = _check_count("at", at)
         check_allocation(allocation)
         self._start()
 

@@ -5,16 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..modules import _check_count
 from .allocation import check_target
 
 __all__ = ["cubic_sparsity", "GradualSchedule", "ACDCSchedule", "CosineUpdateSchedule",
            "IterativeSchedule"]
-
-
-def _check_tick(value, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def cubic_sparsity(t: int, initial: float, final: float, start: int, end: int) -> float:
@@ -45,9 +40,9 @@ class GradualSchedule:
         if self.initial_sparsity > self.final_sparsity:
             raise ValueError(f"initial_sparsity ({self.initial_sparsity}) must not exceed "
                              f"final_sparsity ({self.final_sparsity})")
-        _check_tick(self.start_step, "start_step")
-        _check_tick(self.end_step, "end_step")
-        _check_tick(self.frequency, "frequency", 1)
+        _check_count("start_step", self.start_step)
+        _check_count("end_step", self.end_step)
+        _check_count("frequency", self.frequency, 1)
         if self.end_step <= self.start_step:
             raise ValueError(f"end_step ({self.end_step}) must come after start_step "
                              f"({self.start_step})")
@@ -75,11 +70,11 @@ class ACDCSchedule:
     final_sparse_length: int
 
     def __post_init__(self):
-        _check_tick(self.total, "total", 1)
-        _check_tick(self.warmup, "warmup")
-        _check_tick(self.sparse_length, "sparse_length", 1)
-        _check_tick(self.dense_length, "dense_length", 1)
-        _check_tick(self.final_sparse_length, "final_sparse_length", 1)
+        _check_count("total", self.total, 1)
+        _check_count("warmup", self.warmup)
+        _check_count("sparse_length", self.sparse_length, 1)
+        _check_count("dense_length", self.dense_length, 1)
+        _check_count("final_sparse_length", self.final_sparse_length, 1)
         if self.warmup + self.final_sparse_length > self.total:
             raise ValueError(f"warmup ({self.warmup}) + final_sparse_length "
                              f"({self.final_sparse_length}) exceed total ({self.total})")
@@ -109,8 +104,8 @@ class CosineUpdateSchedule:
     def __post_init__(self):
         if not 0.0 < float(self.alpha) <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha!r}")
-        _check_tick(self.frequency, "frequency", 1)
-        _check_tick(self.end_step, "end_step", 1)
+        _check_count("frequency", self.frequency, 1)
+        _check_count("end_step", self.end_step, 1)
 
     def is_update(self, t: int) -> bool:
         return 0 < t < self.end_step and t % self.frequency == 0
@@ -134,8 +129,8 @@ class IterativeSchedule:
 
     def __post_init__(self):
         check_target(self.final_sparsity, "final_sparsity")
-        _check_tick(self.rounds, "rounds", 1)
-        _check_tick(self.round_length, "round_length", 1)
+        _check_count("rounds", self.rounds, 1)
+        _check_count("round_length", self.round_length, 1)
 
     @property
     def rate(self) -> float:
