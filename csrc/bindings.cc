@@ -170,18 +170,20 @@ void expect_windows(const py::array_t<int64_t>& offsets, int64_t x_size, int64_t
 }
 
 void spmm_offsets_py(py::handle indptr_o, py::handle offsets_o, py::handle values_o, py::handle perm_o,
-                     py::handle bias_o, py::handle x_o, py::handle y_o, int64_t n, int64_t segments,
-                     int64_t x_segment_stride, int64_t y_segment_stride, int num_threads) {
+                     py::handle bias_o, py::handle x_o, py::handle y_o, int64_t ldy, int64_t n,
+                     int64_t segments, int64_t x_segment_stride, int64_t y_segment_stride,
+                     int num_threads) {
   auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
   auto offsets = checked<int64_t>(offsets_o, "offsets", 1);
   auto values = checked<float>(values_o, "values", 1);
   auto x = checked<float>(x_o, "x", 1);
-  auto y = checked<float>(y_o, "out", 2, true);
+  auto y = checked<float>(y_o, "out", 1, true);
   const int64_t rows = indptr.shape(0) - 1, nnz = offsets.shape(0);
   expect_indptr(indptr, nnz);
-  expect(y.shape(0) == rows, "out must have one row per pattern row");
-  expect(segments == 0 || n == 0 || (segments - 1) * y_segment_stride + n <= y.shape(1),
-         "segments reach outside the rows of out");
+  expect(ldy >= 0 && y_segment_stride >= 0, "ldy and y_segment_stride must be non-negative");
+  expect(rows == 0 || segments == 0 || n == 0 ||
+             (rows - 1) * ldy + (segments - 1) * y_segment_stride + n <= y.shape(0),
+         "rows and segments reach outside out");
   expect_windows(offsets, x.shape(0), segments, x_segment_stride, n);
   SpmmArgs a{};
   a.indptr = indptr.data();
@@ -203,7 +205,7 @@ void spmm_offsets_py(py::handle indptr_o, py::handle offsets_o, py::handle value
   }
   a.x = x.data();
   a.y = y.mutable_data();
-  a.ldy = y.shape(1);
+  a.ldy = ldy;
   a.n = n;
   a.offsets = offsets.data();
   a.segments = segments;
@@ -283,6 +285,16 @@ void from_phase_layout_py(py::handle src_o, int64_t top, int64_t left, py::handl
   from_phase_layout(src.data(), sh, sw, top, left, hs, ws, dst.mutable_data(), n, c, h, w, num_threads);
 }
 
+void copy_window_py(py::handle src_o, py::handle dst_o, int64_t top, int64_t left,
+                    int num_threads) {
+  auto src = checked<float>(src_o, "src", 3);
+  auto dst = checked<float>(dst_o, "dst", 3, true);
+  expect(src.shape(0) == dst.shape(0), "src and dst must hold the same number of planes");
+  py::gil_scoped_release unlocked;
+  copy_window(src.data(), src.shape(0), src.shape(1), src.shape(2), dst.mutable_data(),
+              dst.shape(1), dst.shape(2), top, left, num_threads);
+}
+
 void check_csr_py(py::handle indptr_o, py::handle indices_o, int64_t rows, int64_t cols) {
   auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
   auto indices = checked<int32_t>(indices_o, "indices", 1);
@@ -342,10 +354,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("out"), py::arg("num_threads"),
         "out[k] = dot(dy[r, :], x[indices[k], :]) for every nonzero k of every row r");
   m.def("spmm_offsets", &spmm_offsets_py, py::arg("indptr"), py::arg("offsets"), py::arg("values"),
-        py::arg("perm"), py::arg("bias"), py::arg("x"), py::arg("out"), py::arg("n"),
-        py::arg("segments"), py::arg("x_segment_stride"), py::arg("y_segment_stride"),
+        py::arg("perm"), py::arg("bias"), py::arg("x"), py::arg("out"), py::arg("ldy"),
+        py::arg("n"), py::arg("segments"), py::arg("x_segment_stride"), py::arg("y_segment_stride"),
         py::arg("num_threads"),
-        "out[r, s*ys + t] = bias[r] + sum_k values[perm[k] or k] * x[offsets[k] + s*xs + t], t < n");
+        "out[r*ldy + s*ys + t] = bias[r] + sum_k values[perm[k] or k] * x[offsets[k] + s*xs + t], "
+        "t < n");
   m.def("sddmm_offsets", &sddmm_offsets_py, py::arg("indptr"), py::arg("offsets"), py::arg("dy"),
         py::arg("dy_offset"), py::arg("lddy"), py::arg("x"), py::arg("out"), py::arg("n"),
         py::arg("segments"), py::arg("x_segment_stride"), py::arg("dy_segment_stride"),
@@ -359,6 +372,9 @@ PYBIND11_MODULE(_C, m) {
         "phases, batch innermost, zeros elsewhere");
   m.def("from_phase_layout", &from_phase_layout_py, py::arg("src"), py::arg("top"), py::arg("left"),
         py::arg("dst"), py::arg("num_threads"), "The inverse of to_phase_layout on real pixels");
+  m.def("copy_window", &copy_window_py, py::arg("src"), py::arg("dst"), py::arg("top"),
+        py::arg("left"), py::arg("num_threads"),
+        "dst[p, r, c] = src[p, r - top, c - left] where that is inside src, else 0 (3-D arrays)");
   m.def("check_csr", &check_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"),
         py::arg("cols"), "Raise ValueError naming the first problem of an invalid CSR pattern");
   m.def("transpose_csr", &transpose_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("cols"),

@@ -161,4 +161,28 @@ void from_phase_layout(const float* src, int64_t sh, int64_t sw, int64_t top, in
   });
 }
 
+void copy_window(const float* src, int64_t planes, int64_t src_h, int64_t src_w, float* dst,
+                 int64_t dst_h, int64_t dst_w, int64_t top, int64_t left, int num_threads) {
+  // Destination columns [c0, c1) come from source columns [c0 - left, c1 - left).
+  const int64_t c0 = std::clamp<int64_t>(left, 0, dst_w);
+  const int64_t c1 = std::clamp<int64_t>(left + src_w, c0, dst_w);
+  const int threads = threads_for(planes * dst_h * dst_w, planes, num_threads);
+  run_split(even_split(planes, threads), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* s = src + p * src_h * src_w;
+      float* d = dst + p * dst_h * dst_w;
+      for (int64_t r = 0; r < dst_h; ++r, d += dst_w) {
+        const int64_t sr = r - top;
+        if (sr < 0 || sr >= src_h || c0 == c1) {
+          std::fill(d, d + dst_w, 0.0f);
+          continue;
+        }
+        std::fill(d, d + c0, 0.0f);
+        std::copy(s + sr * src_w + c0 - left, s + sr * src_w + c1 - left, d + c0);
+        std::fill(d + c1, d + dst_w, 0.0f);
+      }
+    }
+  });
+}
+
 }  // namespace sparseprop

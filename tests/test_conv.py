@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparseprop
-from sparseprop import SparseConv2d
+from sparseprop import SparseConv2d, _C
+from sparseprop import conv as conv_module
 
 from conftest import clone_input, tol
 
@@ -37,6 +38,15 @@ def dense_oracle_single_threaded():
     sparseprop.set_num_threads(sparseprop.get_num_threads())
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True, params=["batch", "width"])
+def strategy(request):
+    """Every test runs with each data layout forced in turn (strided convolutions
+    use the batch-innermost one either way)."""
+    previous = conv_module.set_strategy(request.param)
+    yield request.param
+    conv_module.set_strategy(previous)
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -706,3 +716,55 @@ def test_small_cnn_trains_like_dense_masked_twin(isa):
     dense.eval()
     with torch.no_grad():
         torch.testing.assert_close(net(x), dense(x), rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------
+# layout choice
+# --------------------------------------------------------------------------------------
+def test_strategy_setting_is_checked_and_returned():
+    assert conv_module.set_strategy("auto") in ("batch", "width")
+    with pytest.raises(ValueError, match="conv strategy must be one of"):
+        conv_module.set_strategy("fastest")
+    assert conv_module.set_strategy("batch") == "auto"
+
+
+def test_auto_strategy_rule():
+    conv_module.set_strategy("auto")
+    spec = SparseConv2d(8, 8, 3, padding=1).spec
+    pick = conv_module.pick_strategy
+    assert pick(spec, 64, 32) == "width"     # wide images
+    assert pick(spec, 64, 8) == "batch"      # narrow images, a batch that fills vectors
+    assert pick(spec, 4, 8) == "width"       # narrow images, small batch
+    assert pick(SparseConv2d(8, 8, 1).spec, 64, 4) == "width"             # 1x1: no junk columns
+    assert pick(SparseConv2d(8, 8, 3, stride=2).spec, 1, 32) == "batch"   # strided
+
+
+def test_width_strategy_saves_the_input_itself_for_1x1(strategy):
+    """Without padding a 1x1 convolution reads x in place: modifying x before backward
+    must fail like it does for nn.Conv2d, never give a silently wrong gradient."""
+    m = SparseConv2d(4, 6, 1, sparsity=0.5)
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    base = x * 1.0
+    y = m(base)
+    base.add_(1.0)
+    if strategy == "width":
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+    else:
+        y.sum().backward()  # the batch layout saved its own copy
+
+
+@pytest.mark.parametrize("top,left,dst_hw", [(1, 2, (7, 9)), (0, 0, (3, 4)), (-1, -2, (2, 3)),
+                                             (2, -1, (4, 2)), (9, 0, (3, 3))])
+def test_copy_window_pads_and_crops(top, left, dst_hw):
+    src = torch.randn(5, 3, 4)
+    dst = torch.full((5, *dst_hw), float("nan"))
+    _C.copy_window(src.numpy(), dst.numpy(), top, left, 2)
+    expected = torch.zeros_like(dst)
+    for r in range(dst_hw[0]):
+        for c in range(dst_hw[1]):
+            if 0 <= r - top < 3 and 0 <= c - left < 4:
+                expected[:, r, c] = src[:, r - top, c - left]
+    assert torch.equal(dst, expected)
+    with pytest.raises(ValueError, match="same number of planes"):
+        _C.copy_window(src.numpy(), torch.zeros(4, 3, 4).numpy(), 0, 0, 1)

@@ -443,7 +443,7 @@ def _conv_kind(key: str) -> Optional[str]:
         return "sparse"
     if key.startswith(_NODE):
         node = key[len(_NODE):].lower()
-        if "sparseconv2dfn" in node:
+        if "sparseconv2d" in node:  # _SparseConv2dFn, _SparseConv2dWidthFn
             return "sparse"
         if "conv" in node and "backward" in node:  # ConvolutionBackward0 (and older names)
             return "dense"
@@ -486,7 +486,7 @@ def profile_step(model: nn.Module, step: Callable[[], object], steps: int) -> Tu
       layout transforms and index-plan lookups count as convolution), and
     * each convolution's autograd node in the backward pass
       (``autograd::engine::evaluate_function: ConvolutionBackward0`` for nn.Conv2d,
-      ``...: _SparseConv2dFnBackward`` for SparseConv2d), which computes the input and
+      ``...: _SparseConv2d(Width)FnBackward`` for SparseConv2d), which computes the input and
       weight gradients together.
 
     These ranges never nest in one another, so their sum is the convolution time;

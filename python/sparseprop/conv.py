@@ -27,11 +27,14 @@ from torch.autograd.function import once_differentiable
 
 from . import _C, _workspace
 from ._backend import as_numpy, get_num_threads
+from .conv_width import _SparseConv2dWidthFn, make_width_plan
 from .csr import CSRPattern
 from .functional import check_float32_cpu
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _MAX_CACHED_PLANS = 8
+_STRATEGIES = ("auto", "batch", "width")
+_strategy = "auto"
 
 
 def _pair(value, name: str, minimum: int) -> Tuple[int, int]:
@@ -121,28 +124,37 @@ class ConvPlan:
         return self.bwd_indptr.numel() - 1
 
 
-def make_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
-              pads: Tuple[int, int, int, int]) -> ConvPlan:
-    (kh_, kw_), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
-    pt, pb, pl, pr = pads
-    hp, wp = h + pt + pb, w + pl + pr
-    oh = (hp - dh * (kh_ - 1) - 1) // sh + 1
-    ow = (wp - dw * (kw_ - 1) - 1) // sw + 1
+def output_size(spec: ConvSpec, h: int, w: int, pads: Tuple[int, int, int, int]) -> Tuple[int, int]:
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
     if oh <= 0 or ow <= 0:
         raise ValueError(f"the kernel (size {spec.kernel_size}, dilation {spec.dilation}) is larger "
                          f"than the padded input ({hp}, {wp})")
-    hs, ws = -(-hp // sh), -(-wp // sw)
-    plane = hs * ws * n
+    return oh, ow
+
+
+def decode_taps(spec: ConvSpec, pattern: CSRPattern):
+    """(o, c, a, b) per nonzero: output channel, input channel, tap offset in input pixels."""
     # Plans are rare (one per input shape): re-check the pattern in full, so that
     # buffers edited behind the layer's back fail here with a clear message.
     _C.check_csr(*pattern.numpy(), pattern.rows, pattern.cols)
-    # Decode each nonzero: output channel o, input channel c, tap (a, b) in input pixels.
+    (kh, kw), (dh, dw) = spec.kernel_size, spec.dilation
     o = pattern.row_indices()
     col = pattern.indices.long()
     cg = spec.in_channels // spec.groups
-    c = (o // (spec.out_channels // spec.groups)) * cg + col // (kh_ * kw_)
-    a = (col // kw_) % kh_ * dh
-    b = col % kw_ * dw
+    c = (o // (spec.out_channels // spec.groups)) * cg + col // (kh * kw)
+    return o, c, (col // kw) % kh * dh, col % kw * dw
+
+
+def make_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
+              pads: Tuple[int, int, int, int]) -> ConvPlan:
+    (kh_, kw_), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
+    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    oh, ow = output_size(spec, h, w, pads)
+    hs, ws = -(-hp // sh), -(-wp // sw)
+    plane = hs * ws * n
+    o, c, a, b = decode_taps(spec, pattern)
     phase = (c * sh + a % sh) * sw + b % sw
     di, dj = a // sh, b // sw
     fwd_offsets = phase * plane + (di * ws + dj) * n
@@ -157,6 +169,34 @@ def make_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
     bwd_offsets = (o * (hg * wg * n) + ((bh - di) * wg + (bw - dj)) * n)[order]
     return ConvPlan(n, h, w, pads, oh, ow, hs, ws, hg, wg, (bh, bw), fwd_offsets.contiguous(),
                     bwd_indptr, order.contiguous(), bwd_offsets.contiguous())
+
+
+def set_strategy(name: str) -> str:
+    """Choose how convolutions lay out their data; returns the previous choice.
+
+    * ``"batch"``: the batch-innermost phase layout (any stride; transposes in and out),
+    * ``"width"``: the native NCHW layout, vectorized along output rows (stride-1
+      convolutions; strided ones still use ``"batch"``),
+    * ``"auto"`` (default): ``"width"`` where it measured faster (see pick_strategy).
+    """
+    global _strategy
+    if name not in _STRATEGIES:
+        raise ValueError(f"conv strategy must be one of {_STRATEGIES}, got {name!r}")
+    previous, _strategy = _strategy, name
+    return previous
+
+
+def pick_strategy(spec: ConvSpec, batch: int, out_width: int) -> str:
+    """The layout for a convolution of this spec and input; "auto" follows measurements
+    (``python -m sparseprop.bench --conv --strategy batch,width``): the native layout won
+    everywhere but on narrow images (its junk columns, (kW - 1) * dilation per row, are a
+    large share there) with batches wide enough to fill the batch-innermost vectors."""
+    if spec.stride != (1, 1) or _strategy == "batch":
+        return "batch"
+    if _strategy == "width":
+        return "width"
+    junk = spec.kernel_size[1] > 1
+    return "batch" if junk and out_width < 16 and batch >= 8 else "width"
 
 
 def _segments(rows: int, run: int, x_stride: int, y_stride: int) -> Tuple[int, int, int, int]:
@@ -210,7 +250,8 @@ class _SparseConv2dFn(torch.autograd.Function):
         segs, run, xs, ys = _segments(oh, ow * n, plan.ws * n, ow * n)
         indptr, _ = pattern.numpy()
         _C.spmm_offsets(indptr, as_numpy(plan.fwd_offsets), as_numpy(values), None, as_numpy(bias),
-                        as_numpy(xp).reshape(-1), as_numpy(y), run, segs, xs, ys, get_num_threads())
+                        as_numpy(xp).reshape(-1), as_numpy(y).reshape(-1), y.shape[1], run, segs, xs,
+                        ys, get_num_threads())
         ctx.pattern, ctx.spec, ctx.plan = pattern, spec, plan
         ctx.save_for_backward(xp, values)
         return nchw(y.view(o, 1, 1, oh, ow, n), oh, ow)
@@ -239,8 +280,8 @@ class _SparseConv2dFn(torch.autograd.Function):
             dxp = _workspace.empty(plan.phase_channels, plan.hs * plan.ws * n)
             segs, run, xs, ys = _segments(plan.hs, plan.ws * n, plan.wg * n, plan.ws * n)
             _C.spmm_offsets(as_numpy(plan.bwd_indptr), as_numpy(plan.bwd_offsets), as_numpy(values),
-                            as_numpy(plan.bwd_perm), None, flat, as_numpy(dxp), run, segs, xs, ys,
-                            threads)
+                            as_numpy(plan.bwd_perm), None, flat, as_numpy(dxp).reshape(-1),
+                            dxp.shape[1], run, segs, xs, ys, threads)
             grad_x = from_phases(dxp, spec, plan)
         elif need_values:
             gyc = phase_layout(grad_y, (1, 1), 0, 0, oh, ow)
@@ -288,16 +329,26 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
     n, _, h, w = x.shape
     if n == 0:
         raise ValueError("SparseConv2d needs a non-empty batch")
-    key = (n, h, w, pads)
+    strategy = pick_strategy(spec, n, output_size(spec, h, w, pads)[1])
+    key = (strategy, n, h, w, pads)
     plan = plans.get(key) if plans is not None else None
     if plan is None:
-        plan = make_plan(spec, pattern, n, h, w, pads)
+        if strategy == "width":
+            (kh, kw), (dh, dw) = spec.kernel_size, spec.dilation
+            plan = make_width_plan(decode_taps(spec, pattern), spec.in_channels, spec.out_channels,
+                                   (dh * (kh - 1), dw * (kw - 1)), n, h, w, pads)
+        else:
+            plan = make_plan(spec, pattern, n, h, w, pads)
         if plans is not None:
             if len(plans) >= _MAX_CACHED_PLANS:
                 plans.pop(next(iter(plans)))
             plans[key] = plan
-    y = _SparseConv2dFn.apply(x, values.contiguous(), None if bias is None else bias.contiguous(),
-                              pattern, spec, plan)
+    values = values.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    if strategy == "width":
+        y = _SparseConv2dWidthFn.apply(_nchw(x), values, bias, pattern, plan)
+    else:
+        y = _SparseConv2dFn.apply(x, values, bias, pattern, spec, plan)
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)  # follow the input, like nn.Conv2d
     return y.squeeze(0) if unbatched else y
