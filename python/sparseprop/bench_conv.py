@@ -37,6 +37,7 @@ import argparse
 import copy
 import csv
 import gc
+import itertools
 import math
 import re
 import statistics
@@ -54,6 +55,7 @@ from sparseprop import SparseConv2d
 
 from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _ratio, _x, cpu_model,
                     header_lines, run_settings, time_interleaved_samples)
+from .conv import _STRATEGIES as STRATEGIES, set_strategy
 from .models import count_params, densify, resnet18_cifar, sparsify_convs
 
 
@@ -178,6 +180,7 @@ class ConvResult(PassRatios):
     batch: int
     sparsity: float
     nnz: int
+    layout: str
     threads: int
     isa: str
     reps_fwd: int
@@ -226,6 +229,11 @@ def check_conv(dense: nn.Conv2d, sparse: SparseConv2d, x: torch.Tensor, grad: to
     return max(_rel_err(a, b) for a, b in zip(*got))
 
 
+def layout_used(sparse: SparseConv2d, batch: int) -> str:
+    """The data layout ("batch" or "width") of the index plan ``sparse`` built for ``batch``."""
+    return next((key[0] for key in sparse._plans if key[1] == batch), "?")
+
+
 def bench_conv_config(layer: ConvLayer, sparse: SparseConv2d, dense: nn.Conv2d, batch: int, *,
                       reps: Optional[int], warmup: int, target_time: float, min_reps: int = 5,
                       max_reps: int = 50, seed: int = 0, check: bool = True) -> ConvResult:
@@ -247,7 +255,7 @@ def bench_conv_config(layer: ConvLayer, sparse: SparseConv2d, dense: nn.Conv2d, 
         counts.append(len(s[0]))
     return ConvResult(layer.label, layer.in_channels, layer.out_channels, layer.kernel, layer.stride,
                       layer.groups, layer.size, batch, sparse.sparsity, sparse.nnz,
-                      sparseprop.get_num_threads(), sparseprop.get_isa(), *counts,
+                      layout_used(sparse, batch), sparseprop.get_num_threads(), sparseprop.get_isa(), *counts,
                       medians[0][0], medians[0][1], medians[1][0], medians[1][1],
                       medians[2][0], medians[2][1], err)
 
@@ -278,14 +286,14 @@ class Table:
         return "\n".join(lines)
 
 
-CONV_TABLE = Table(["layer", "batch", "sparsity", "dense fwd ms", "sparse fwd ms", "fwd x",
+CONV_TABLE = Table(["layer", "batch", "sparsity", "layout", "dense fwd ms", "sparse fwd ms", "fwd x",
                     "dense bwd ms", "sparse bwd ms", "bwd x", "dense f+b ms", "sparse f+b ms",
                     "fwd+bwd x"],
-                   [18, 5, 8, 12, 13, 6, 12, 13, 6, 12, 13, 9])
+                   [18, 5, 8, 6, 12, 13, 6, 12, 13, 6, 12, 13, 9])
 
 
 def conv_cells(r: ConvResult) -> List[str]:
-    return [r.layer, str(r.batch), f"{r.sparsity:g}", _ms(r.dense_fwd_ms), _ms(r.sparse_fwd_ms),
+    return [r.layer, str(r.batch), f"{r.sparsity:g}", r.layout, _ms(r.dense_fwd_ms), _ms(r.sparse_fwd_ms),
             _x(r.fwd_x), _ms(r.dense_bwd_ms), _ms(r.sparse_bwd_ms), _x(r.bwd_x),
             _ms(r.dense_fwdbwd_ms), _ms(r.sparse_fwdbwd_ms), _x(r.fwdbwd_x)]
 
@@ -346,6 +354,11 @@ def build_conv_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated batch sizes (default {DEFAULT_CONV_BATCHES})")
     p.add_argument("--sparsity", type=_parse_list(float, lambda v: 0.0 <= v < 1.0, "sparsity"),
                    default=None, help=f"comma-separated sparsities in [0, 1) (default {DEFAULT_CONV_SPARSITIES})")
+    p.add_argument("--strategy", type=_parse_list(str, lambda v: v in STRATEGIES, "strategy"),
+                   default=["auto"],
+                   help="comma-separated data layouts to time, each in turn: auto (default; "
+                        "sparseprop's own choice), batch (batch-innermost phase layout), width "
+                        "(native NCHW, stride-1 convolutions only)")
     _common_options(p, 0.2, "per pass; default: adaptive, --min-time per side, 5..50")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: layers {QUICK_LAYERS}, batch {QUICK_CONV_BATCHES}, sparsity "
@@ -389,24 +402,28 @@ def _run_conv(args, layers, batches, sparsities, reps, warmup) -> int:
     start = time.perf_counter()
     for layer in layers:
         built = {}  # one pattern per (layer, sparsity), reused for every batch size
-        for batch in batches:
-            for sparsity in sparsities:
-                if sparsity not in built:
-                    sparse = layer.make(sparsity, torch.Generator().manual_seed(args.seed))
-                    built[sparsity] = (sparse, sparse.to_dense())
-                sparse, dense = built[sparsity]
+        for batch, sparsity, strategy in itertools.product(batches, sparsities, args.strategy):
+            if sparsity not in built:
+                sparse = layer.make(sparsity, torch.Generator().manual_seed(args.seed))
+                built[sparsity] = (sparse, sparse.to_dense())
+            sparse, dense = built[sparsity]
+            previous = set_strategy(strategy)
+            sparse._plans.clear()  # plans are per layout: keep only this one's
+            try:
                 r = bench_conv_config(layer, sparse, dense, batch, reps=reps, warmup=warmup,
                                       target_time=args.min_time, seed=args.seed,
                                       check=not args.no_check)
-                r.sparsity = sparsity  # as asked for; the exact value is 1 - nnz / numel
-                results.append(r)
-                if not args.no_check and not (r.max_rel_err <= 1e-4):
-                    print(f"WARNING: {layer.label} batch {batch} sparsity {sparsity:g}: dense and "
-                          f"sparse differ by {r.max_rel_err:.3g} (relative; outputs, input or "
-                          f"weight gradients)", file=sys.stderr)
-                prefix = f"[{len(results)}] " if args.markdown else ""
-                print(prefix + CONV_TABLE.plain_row(conv_cells(r)), file=progress)
-                progress.flush()
+            finally:
+                set_strategy(previous)
+            r.sparsity = sparsity  # as asked for; the exact value is 1 - nnz / numel
+            results.append(r)
+            if not args.no_check and not (r.max_rel_err <= 1e-4):
+                print(f"WARNING: {layer.label} batch {batch} sparsity {sparsity:g}: dense and "
+                      f"sparse differ by {r.max_rel_err:.3g} (relative; outputs, input or "
+                      f"weight gradients)", file=sys.stderr)
+            prefix = f"[{len(results)}] " if args.markdown else ""
+            print(prefix + CONV_TABLE.plain_row(conv_cells(r)), file=progress)
+            progress.flush()
         del built
         gc.collect()
     elapsed = time.perf_counter() - start
