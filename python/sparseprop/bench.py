@@ -161,6 +161,9 @@ class Result(PassRatios):
 
 
 def _ratio(a: float, b: float) -> float:
+    """a / b; inf for a zero time, nan when either was not measured (nan)."""
+    if math.isnan(a) or math.isnan(b):
+        return float("nan")
     return a / b if b > 0 else float("inf")
 
 
