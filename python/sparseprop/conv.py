@@ -114,6 +114,7 @@ class ConvPlan:
     hg: int          # zero-bordered dY height for the input gradient
     wg: int
     border: Tuple[int, int]  # dY offset (rows, cols) inside that border
+    grad_window: Tuple[int, int, int, int]  # (row, col, rows, cols) of the phase grid holding real pixels
     fwd_offsets: torch.Tensor
     bwd_indptr: torch.Tensor
     bwd_perm: torch.Tensor
@@ -166,8 +167,12 @@ def make_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
     counts = torch.bincount(phase, minlength=spec.in_channels * sh * sw)
     bwd_indptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=bwd_indptr[1:])
-    bwd_offsets = (o * (hg * wg * n) + ((bh - di) * wg + (bw - dj)) * n)[order]
-    return ConvPlan(n, h, w, pads, oh, ow, hs, ws, hg, wg, (bh, bw), fwd_offsets.contiguous(),
+    # dX' is computed only on the window of the phase grid where real pixels land,
+    # not on the zero padding (for a 3x3 pad-1 conv on 4x4 images that is 16 of 36).
+    r0, c0 = pads[0] // sh, pads[2] // sw
+    window = (r0, c0, (pads[0] + h - 1) // sh + 1 - r0, (pads[2] + w - 1) // sw + 1 - c0)
+    bwd_offsets = (o * (hg * wg * n) + ((bh - di + r0) * wg + (bw - dj + c0)) * n)[order]
+    return ConvPlan(n, h, w, pads, oh, ow, hs, ws, hg, wg, (bh, bw), window, fwd_offsets.contiguous(),
                     bwd_indptr, order.contiguous(), bwd_offsets.contiguous())
 
 
@@ -188,15 +193,16 @@ def set_strategy(name: str) -> str:
 
 def pick_strategy(spec: ConvSpec, batch: int, out_width: int) -> str:
     """The layout for a convolution of this spec and input; "auto" follows measurements
-    (``python -m sparseprop.bench --conv --strategy batch,width``): the native layout won
-    everywhere but on narrow images (its junk columns, (kW - 1) * dilation per row, are a
-    large share there) with batches wide enough to fill the batch-innermost vectors."""
+    (``python -m sparseprop.bench --conv --strategy batch,width``): the native layout
+    wins where its junk columns ((kW - 1) * dilation per padded row) are under a tenth
+    of the work (3x3 on 32x32: 6%; on 16x16: 11%), for 1x1 kernels (no junk, no copies)
+    and at batch 1 (the batch layout's vectors are then only one row long)."""
     if spec.stride != (1, 1) or _strategy == "batch":
         return "batch"
     if _strategy == "width":
         return "width"
-    junk = spec.kernel_size[1] > 1
-    return "batch" if junk and out_width < 16 and batch >= 8 else "width"
+    junk = spec.dilation[1] * (spec.kernel_size[1] - 1)
+    return "width" if junk == 0 or batch == 1 or 10 * junk < out_width + junk else "batch"
 
 
 def _segments(rows: int, run: int, x_stride: int, y_stride: int) -> Tuple[int, int, int, int]:
@@ -235,10 +241,10 @@ def to_phases(x: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
 
 
 def from_phases(dxp: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
-    """(N, C, H, W) gradient from dX' in phase layout; padding positions are dropped."""
-    sh, sw = spec.stride
-    phases = dxp.view(spec.in_channels, sh, sw, plan.hs, plan.ws, plan.n)
-    return nchw(phases, plan.h, plan.w, plan.pads[0], plan.pads[2])
+    """(N, C, H, W) gradient from dX' on the plan's window of the phase grid."""
+    (sh, sw), (r0, c0, rows, cols) = spec.stride, plan.grad_window
+    phases = dxp.view(spec.in_channels, sh, sw, rows, cols, plan.n)
+    return nchw(phases, plan.h, plan.w, plan.pads[0] - r0 * sh, plan.pads[2] - c0 * sw)
 
 
 class _SparseConv2dFn(torch.autograd.Function):
@@ -277,8 +283,9 @@ class _SparseConv2dFn(torch.autograd.Function):
                 _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), flat, (bh * plan.wg + bw) * n,
                                  plan.hg * plan.wg * n, as_numpy(xp).reshape(-1),
                                  as_numpy(grad_values), run, segs, xs, ds, threads)
-            dxp = _workspace.empty(plan.phase_channels, plan.hs * plan.ws * n)
-            segs, run, xs, ys = _segments(plan.hs, plan.ws * n, plan.wg * n, plan.ws * n)
+            rows, cols = plan.grad_window[2:]
+            dxp = _workspace.empty(plan.phase_channels, rows * cols * n)
+            segs, run, xs, ys = _segments(rows, cols * n, plan.wg * n, cols * n)
             _C.spmm_offsets(as_numpy(plan.bwd_indptr), as_numpy(plan.bwd_offsets), as_numpy(values),
                             as_numpy(plan.bwd_perm), None, flat, as_numpy(dxp).reshape(-1),
                             dxp.shape[1], run, segs, xs, ys, threads)
