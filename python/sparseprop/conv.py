@@ -1,8 +1,11 @@
-"""Sparse 2-D convolution on the CSR kernels.
+"""Sparse 2-D convolution on the CSR kernels: the module-facing entry points, the
+choice between two data layouts, and the "batch" layout itself (the "width"
+layout, native NCHW for stride-1 convolutions, is in conv_width.py).
 
 Every pass is one of the two native kernels in their "offset" form: each
-nonzero (o, c, kh, kw) becomes an element offset into a re-laid-out input, and
-the vector dimension runs over (output column, batch), batch innermost:
+nonzero (o, c, kh, kw) becomes an element offset into a re-laid-out input. In
+the batch layout the vector dimension runs over (output column, batch), batch
+innermost:
 
 * input  x (N, C, H, W) is padded and split into stride phases, stored as
   X' (C * sh * sw, Hs, Ws, N): phase channel (c, a % sh, b % sw) holds the
@@ -12,7 +15,8 @@ the vector dimension runs over (output column, batch), batch innermost:
   for each output row i (one "segment" of OW * N floats).
 * weight gradient  dw_k = sum_i <dY[o, i], X'[c'_k, i + di_k, dj_k:]> (SDDMM).
 * input gradient: the transposed pattern (rows = phase channels) gathers from a
-  zero-bordered copy of dY, then the phases are interleaved back and cropped.
+  zero-bordered copy of dY, on the part of the phase grid that holds real pixels;
+  then the phases are interleaved back.
 """
 from __future__ import annotations
 
@@ -341,9 +345,7 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
     plan = plans.get(key) if plans is not None else None
     if plan is None:
         if strategy == "width":
-            (kh, kw), (dh, dw) = spec.kernel_size, spec.dilation
-            plan = make_width_plan(decode_taps(spec, pattern), spec.in_channels, spec.out_channels,
-                                   (dh * (kh - 1), dw * (kw - 1)), n, h, w, pads)
+            plan = make_width_plan(spec, decode_taps(spec, pattern), n, h, w, pads)
         else:
             plan = make_plan(spec, pattern, n, h, w, pads)
         if plans is not None:

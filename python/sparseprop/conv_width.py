@@ -44,8 +44,8 @@ class WidthPlan:
     ow: int
     hp: int            # padded input height and width
     wp: int
-    kh: int            # A: rows a tap can reach below its output row
-    kw: int            # B: columns, and the junk columns of each output row
+    reach_h: int       # A: rows a tap reaches below its output row
+    reach_w: int       # B: columns it reaches right; also the junk columns per row
     fwd_offsets: torch.Tensor
     bwd_indptr: torch.Tensor
     bwd_perm: torch.Tensor
@@ -53,29 +53,31 @@ class WidthPlan:
 
     @property
     def g_rows(self) -> int:
-        return self.oh + 2 * self.kh
+        return self.oh + 2 * self.reach_h
 
     @property
     def copies_nothing(self) -> bool:
         """1x1 kernels without padding read x and dY and write Y and dX in place."""
-        return self.kh == 0 and self.kw == 0 and self.pads == (0, 0, 0, 0)
+        return self.reach_h == 0 and self.reach_w == 0 and self.pads == (0, 0, 0, 0)
 
 
-def make_width_plan(taps, in_channels: int, out_channels: int, extent: Tuple[int, int], n: int,
-                    h: int, w: int, pads: Tuple[int, int, int, int]) -> WidthPlan:
-    """``taps`` = (o, c, a, b) per nonzero (a, b dilated); ``extent`` = (A, B)."""
+def make_width_plan(spec, taps, n: int, h: int, w: int,
+                    pads: Tuple[int, int, int, int]) -> WidthPlan:
+    """Plan for a stride-1 ``spec`` (a conv.ConvSpec); ``taps`` = (o, c, a, b) per nonzero
+    (conv.decode_taps: channels, dilated tap offsets)."""
     o, c, a, b = taps
-    kh, kw = extent
+    (kh, kw), (dh, dw) = spec.kernel_size, spec.dilation
+    reach_h, reach_w = dh * (kh - 1), dw * (kw - 1)
     hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
-    oh, ow = hp - kh, wp - kw
+    oh, ow = hp - reach_h, wp - reach_w
     fwd_offsets = c * (hp * wp) + a * wp + b
     order = torch.sort(c, stable=True).indices
-    counts = torch.bincount(c, minlength=in_channels)
-    bwd_indptr = torch.zeros(in_channels + 1, dtype=torch.int64)
+    counts = torch.bincount(c, minlength=spec.in_channels)
+    bwd_indptr = torch.zeros(spec.in_channels + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=bwd_indptr[1:])
-    g_plane = (oh + 2 * kh) * wp
-    bwd_offsets = (o * g_plane + kw + (kh - a) * wp - b)[order]
-    return WidthPlan(n, h, w, pads, oh, ow, hp, wp, kh, kw, fwd_offsets.contiguous(), bwd_indptr,
+    g_plane = (oh + 2 * reach_h) * wp
+    bwd_offsets = (o * g_plane + reach_w + (reach_h - a) * wp - b)[order]
+    return WidthPlan(n, h, w, pads, oh, ow, hp, wp, reach_h, reach_w, fwd_offsets.contiguous(), bwd_indptr,
                      order.contiguous(), bwd_offsets.contiguous())
 
 
@@ -90,7 +92,7 @@ def _pad_input(x: torch.Tensor, plan: WidthPlan) -> torch.Tensor:
     if plan.copies_nothing:
         return x
     body = x.shape[0] * x.shape[1] * plan.hp * plan.wp
-    xp = _workspace.empty(body + plan.kw)
+    xp = _workspace.empty(body + plan.reach_w)
     _C.copy_window(_planes(x, plan.h, plan.w), _planes(xp[:body], plan.hp, plan.wp), plan.pads[0],
                    plan.pads[2], get_num_threads())
     xp[body:] = 0.0
@@ -102,10 +104,10 @@ def _bordered_grad(grad_y: torch.Tensor, plan: WidthPlan) -> torch.Tensor:
     if plan.copies_nothing:
         return grad_y.reshape(-1)
     body = grad_y.shape[0] * grad_y.shape[1] * plan.g_rows * plan.wp
-    g = _workspace.empty(plan.kw + body)
-    g[:plan.kw] = 0.0
-    _C.copy_window(_planes(grad_y, plan.oh, plan.ow), _planes(g[plan.kw:], plan.g_rows, plan.wp),
-                   plan.kh, 0, get_num_threads())
+    g = _workspace.empty(plan.reach_w + body)
+    g[:plan.reach_w] = 0.0
+    _C.copy_window(_planes(grad_y, plan.oh, plan.ow), _planes(g[plan.reach_w:], plan.g_rows, plan.wp),
+                   plan.reach_h, 0, get_num_threads())
     return g
 
 
@@ -116,7 +118,7 @@ class _SparseConv2dWidthFn(torch.autograd.Function):
         o, oh, ow, wp = pattern.rows, plan.oh, plan.ow, plan.wp
         xp = _pad_input(x, plan)
         y = _workspace.empty(n, o, oh, ow)
-        wide = y if plan.kw == 0 else _workspace.empty(n, o, oh, wp)
+        wide = y if plan.reach_w == 0 else _workspace.empty(n, o, oh, wp)
         indptr, _ = pattern.numpy()
         _C.spmm_offsets(indptr, as_numpy(plan.fwd_offsets), as_numpy(values), None, as_numpy(bias),
                         as_numpy(xp).reshape(-1), as_numpy(wide).reshape(-1), oh * wp, oh * wp, n,
@@ -143,7 +145,7 @@ class _SparseConv2dWidthFn(torch.autograd.Function):
         if need_values:
             indptr, _ = pattern.numpy()
             grad_values = _workspace.empty(pattern.nnz)
-            _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), g, plan.kw + plan.kh * wp, g_plane,
+            _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), g, plan.reach_w + plan.reach_h * wp, g_plane,
                              as_numpy(xp).reshape(-1), as_numpy(grad_values), plan.oh * wp, n, c * hp * wp,
                              o * g_plane, threads)
         if need_x:
