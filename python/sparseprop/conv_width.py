@@ -106,8 +106,9 @@ def _bordered_grad(grad_y: torch.Tensor, plan: WidthPlan) -> torch.Tensor:
     body = grad_y.shape[0] * grad_y.shape[1] * plan.g_rows * plan.wp
     g = _workspace.empty(plan.reach_w + body)
     g[:plan.reach_w] = 0.0
-    _C.copy_window(_planes(grad_y, plan.oh, plan.ow), _planes(g[plan.reach_w:], plan.g_rows, plan.wp),
-                   plan.reach_h, 0, get_num_threads())
+    _C.copy_window(_planes(grad_y, plan.oh, plan.ow),
+                   _planes(g[plan.reach_w:], plan.g_rows, plan.wp), plan.reach_h, 0,
+                   get_num_threads())
     return g
 
 
@@ -145,9 +146,10 @@ class _SparseConv2dWidthFn(torch.autograd.Function):
         if need_values:
             indptr, _ = pattern.numpy()
             grad_values = _workspace.empty(pattern.nnz)
-            _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), g, plan.reach_w + plan.reach_h * wp, g_plane,
-                             as_numpy(xp).reshape(-1), as_numpy(grad_values), plan.oh * wp, n, c * hp * wp,
-                             o * g_plane, threads)
+            interior = plan.reach_w + plan.reach_h * wp  # dY's first element inside G
+            _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), g, interior, g_plane,
+                             as_numpy(xp).reshape(-1), as_numpy(grad_values), plan.oh * wp, n,
+                             c * hp * wp, o * g_plane, threads)
         if need_x:
             grad_x = _workspace.empty(n, c, plan.h, plan.w)
             dxp = grad_x if plan.copies_nothing else _workspace.empty(n, c, hp, wp)
