@@ -736,6 +736,7 @@ def test_auto_strategy_rule():
     assert pick(spec, 2, 16) == "batch"      # 2 in 18 is too many
     assert pick(spec, 1, 8) == "width"       # batch 1: one-row vectors in the batch layout
     assert pick(SparseConv2d(8, 8, 1).spec, 64, 4) == "width"             # 1x1: no junk columns
+    assert pick(SparseConv2d(8, 8, 3, groups=8).spec, 64, 8) == "width"   # depthwise
     assert pick(SparseConv2d(8, 8, 3, stride=2).spec, 1, 32) == "batch"   # strided
 
 

@@ -199,14 +199,18 @@ def pick_strategy(spec: ConvSpec, batch: int, out_width: int) -> str:
     """The layout for a convolution of this spec and input; "auto" follows measurements
     (``python -m sparseprop.bench --conv --strategy batch,width``): the native layout
     wins where its junk columns ((kW - 1) * dilation per padded row) are under a tenth
-    of the work (3x3 on 32x32: 6%; on 16x16: 11%), for 1x1 kernels (no junk, no copies)
-    and at batch 1 (the batch layout's vectors are then only one row long)."""
+    of the work (3x3 on 32x32: 6%; on 16x16: 11%), for 1x1 kernels (no junk, no copies),
+    for depthwise ones (so few weights that the batch layout's transposes dominate) and
+    at batch 1 (the batch layout's vectors are then only one row long)."""
     if spec.stride != (1, 1) or _strategy == "batch":
         return "batch"
     if _strategy == "width":
         return "width"
     junk = spec.dilation[1] * (spec.kernel_size[1] - 1)
-    return "width" if junk == 0 or batch == 1 or 10 * junk < out_width + junk else "batch"
+    depthwise = spec.groups == spec.in_channels
+    if junk == 0 or depthwise or batch == 1 or 10 * junk < out_width + junk:
+        return "width"
+    return "batch"
 
 
 def _segments(rows: int, run: int, x_stride: int, y_stride: int) -> Tuple[int, int, int, int]:
