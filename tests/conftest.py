@@ -83,6 +83,24 @@ def tol(reduction_length: int) -> Dict[str, float]:
     return dict(rtol=1e-4, atol=1e-4 * math.sqrt(max(1, reduction_length)))
 
 
+def outputs(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """m(x) without autograd, as a tensor no later call can overwrite."""
+    with torch.no_grad():
+        return m(x).clone()
+
+
+def assert_same_sparse_module(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    """Two SparseLinear / SparseConv2d layers hold the same pattern, values and bias and
+    give bitwise the same output on ``x``."""
+    assert torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices)
+    assert torch.equal(a.values.detach(), b.values.detach())
+    if a.bias is None:
+        assert b.bias is None
+    else:
+        assert torch.equal(a.bias.detach(), b.bias.detach())
+    assert torch.equal(outputs(a, x), outputs(b, x))
+
+
 def clone_input(x: torch.Tensor) -> torch.Tensor:
     """A leaf copy of ``x`` with the same requires_grad, for the dense twin."""
     return x.detach().clone().requires_grad_(x.requires_grad)

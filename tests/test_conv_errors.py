@@ -16,23 +16,8 @@ from torch import nn
 
 from sparseprop import CSRPattern, SparseConv2d
 
-from conftest import run_python, tol
+from conftest import assert_same_sparse_module, outputs, run_python, tol
 from test_conv import compare_conv, dense_oracle_single_threaded  # noqa: F401 (autouse fixture)
-
-
-def _outputs(m, x):
-    with torch.no_grad():
-        return m(x).clone()
-
-
-def _assert_same_module(a: SparseConv2d, b: SparseConv2d, x: torch.Tensor):
-    assert torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices)
-    assert torch.equal(a.values.detach(), b.values.detach())
-    if a.bias is None:
-        assert b.bias is None
-    else:
-        assert torch.equal(a.bias.detach(), b.bias.detach())
-    assert torch.equal(_outputs(a, x), _outputs(b, x))
 
 
 HYPER = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
@@ -87,7 +72,7 @@ def test_weight_is_differentiable_wrt_values(conv):
 def test_generator_makes_construction_reproducible():
     make = lambda seed: SparseConv2d(4, 6, 3, sparsity=0.7, generator=torch.Generator().manual_seed(seed))  # noqa: E731
     a, b, c = make(7), make(7), make(8)
-    _assert_same_module(a, b, torch.randn(2, 4, 5, 5))
+    assert_same_sparse_module(a, b, torch.randn(2, 4, 5, 5))
     assert not torch.equal(a.indices, c.indices) or not torch.equal(a.indptr, c.indptr)
 
 
@@ -137,8 +122,8 @@ def test_state_dict_round_trip_into_fresh_module(target_sparsity):
     result = dst.load_state_dict(src.state_dict())
     assert not result.missing_keys and not result.unexpected_keys
     assert dst.nnz == src.nnz
-    _assert_same_module(src, dst, x)
-    _assert_same_module(src, dst, torch.randn(2, 4, 7, 7))
+    assert_same_sparse_module(src, dst, x)
+    assert_same_sparse_module(src, dst, torch.randn(2, 4, 7, 7))
     compare_conv(dst, x.clone().requires_grad_(), what="after load_state_dict")
 
 
@@ -146,7 +131,7 @@ def test_state_dict_round_trip_bias_free():
     src = SparseConv2d(3, 5, 3, bias=False, sparsity=0.4)
     dst = SparseConv2d(3, 5, 3, bias=False, sparsity=0.8)
     dst.load_state_dict(src.state_dict())
-    _assert_same_module(src, dst, torch.randn(2, 3, 6, 6))
+    assert_same_sparse_module(src, dst, torch.randn(2, 3, 6, 6))
 
 
 def test_state_dict_into_nested_model():
@@ -158,7 +143,7 @@ def test_state_dict_into_nested_model():
     x = torch.randn(2, 3, 9, 9)
     b(x)
     b.load_state_dict(a.state_dict())
-    assert torch.equal(_outputs(a, x), _outputs(b, x))
+    assert torch.equal(outputs(a, x), outputs(b, x))
 
 
 def test_load_state_dict_copies_instead_of_aliasing():
@@ -166,7 +151,7 @@ def test_load_state_dict_copies_instead_of_aliasing():
     b = SparseConv2d(3, 4, 3, sparsity=0.5, generator=torch.Generator().manual_seed(1))
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 6, 6)
-    before = _outputs(b, x)
+    before = outputs(b, x)
     assert b.indices.data_ptr() != a.indices.data_ptr()
     assert b.indptr.data_ptr() != a.indptr.data_ptr()
     s, e = int(a.indptr[0]), int(a.indptr[1])
@@ -174,7 +159,7 @@ def test_load_state_dict_copies_instead_of_aliasing():
     free = min(c for c in range(27) if c not in used)
     a.indices[s:e] = torch.tensor(sorted((used - {min(used)}) | {free}), dtype=torch.int32)
     a(x)
-    assert torch.equal(_outputs(b, x), before), "editing a's pattern changed b"
+    assert torch.equal(outputs(b, x), before), "editing a's pattern changed b"
 
 
 # --------------------------------------------------------------------------------------
@@ -187,7 +172,7 @@ def test_torch_save_load_state_dict_weights_only(conv):
     sd = torch.load(buf, weights_only=True)
     dst = SparseConv2d(4, 6, 3, stride=2, padding=1, sparsity=0.1)
     dst.load_state_dict(sd)
-    _assert_same_module(conv, dst, torch.randn(3, 4, 8, 8))
+    assert_same_sparse_module(conv, dst, torch.randn(3, 4, 8, 8))
 
 
 def test_torch_save_load_whole_module(conv):
@@ -199,7 +184,7 @@ def test_torch_save_load_whole_module(conv):
     dst = torch.load(buf, weights_only=False)
     assert isinstance(dst, SparseConv2d)
     _same_hyperparameters(conv, dst)
-    _assert_same_module(conv, dst, x.detach())
+    assert_same_sparse_module(conv, dst, x.detach())
     compare_conv(dst, torch.randn(3, 4, 7, 9, requires_grad=True))
 
 
@@ -208,16 +193,16 @@ def test_pickle_round_trip(conv, protocol):
     conv(torch.randn(2, 4, 8, 8))  # a cached plan must not break pickling
     dst = pickle.loads(pickle.dumps(conv, protocol=protocol))
     _same_hyperparameters(conv, dst)
-    _assert_same_module(conv, dst, torch.randn(3, 4, 8, 8))
+    assert_same_sparse_module(conv, dst, torch.randn(3, 4, 8, 8))
     compare_conv(dst, torch.randn(3, 4, 7, 9, requires_grad=True))
 
 
 def test_deepcopy_is_equal_and_independent(conv):
     x = torch.randn(3, 4, 8, 8)
-    ref = _outputs(conv, x)
+    ref = outputs(conv, x)
     dst = copy.deepcopy(conv)
     _same_hyperparameters(conv, dst)
-    _assert_same_module(conv, dst, x)
+    assert_same_sparse_module(conv, dst, x)
     for name, buf in conv.named_buffers():
         assert buf.data_ptr() != dict(dst.named_buffers())[name].data_ptr(), name
     assert dst.values is not conv.values
@@ -225,11 +210,11 @@ def test_deepcopy_is_equal_and_independent(conv):
     dst(x).pow(2).sum().backward()
     opt.step()
     assert conv.values.grad is None
-    assert torch.equal(_outputs(conv, x), ref)
+    assert torch.equal(outputs(conv, x), ref)
     # a new pattern on the copy leaves the original (and its cached plans) alone
     p = CSRPattern.random(*dst.pattern_shape, 0.2)
     dst.set_pattern(p, torch.randn(p.nnz))
-    assert torch.equal(_outputs(conv, x), ref)
+    assert torch.equal(outputs(conv, x), ref)
     compare_conv(dst, x.clone().requires_grad_())
     compare_conv(conv, x.clone().requires_grad_())
 
@@ -258,7 +243,7 @@ def test_from_dense_keeps_nonzeros_and_options(variant):
     assert m.nnz == int((d.weight != 0).sum())
     assert torch.equal(m.weight.detach(), d.weight.detach())
     x = torch.randn(2, d.in_channels, 9, 8)
-    torch.testing.assert_close(_outputs(m, x), d(x).detach(), **tol(36))
+    torch.testing.assert_close(outputs(m, x), d(x).detach(), **tol(36))
     back = m.to_dense()
     _same_hyperparameters(d, back)
     assert torch.equal(back.weight, d.weight)
@@ -277,7 +262,7 @@ def test_from_dense_with_mask_keeps_exact_zeros():
     assert torch.equal(m.pattern.mask().view(mask.shape), mask)
     assert torch.equal(m.weight.detach(), d.weight.detach() * mask)
     x = torch.randn(2, 4, 6, 6)
-    torch.testing.assert_close(_outputs(m, x), nn.functional.conv2d(x, d.weight * mask, d.bias, padding=1),
+    torch.testing.assert_close(outputs(m, x), nn.functional.conv2d(x, d.weight * mask, d.bias, padding=1),
                                **tol(36))
 
 
@@ -500,13 +485,13 @@ def test_from_dense_bad_arguments():
 
 def test_set_pattern_bad_arguments(conv):
     x = torch.randn(2, 4, 8, 8)
-    before = _outputs(conv, x)
+    before = outputs(conv, x)
     with pytest.raises(ValueError, match=r"pattern shape \(36, 6\) does not match the layer.*\(6, 36\)"):
         conv.set_pattern(CSRPattern.random(36, 6, 0.5))
     p = CSRPattern.random(6, 36, 0.5)
     with pytest.raises(ValueError, match=rf"values must have shape \({p.nnz},\)"):
         conv.set_pattern(p, torch.zeros(p.nnz + 1))
-    assert torch.equal(_outputs(conv, x), before)
+    assert torch.equal(outputs(conv, x), before)
 
 
 # --------------------------------------------------------------------------------------
@@ -563,7 +548,7 @@ def test_bad_state_dict_is_rejected_and_module_unchanged(case):
     sd, match = BAD_STATE_DICTS[case]
     dst = SparseConv2d(**SD_KWARGS, sparsity=0.7, generator=torch.Generator().manual_seed(2))
     x = torch.randn(3, 4, 7, 9)
-    before_out = _outputs(dst, x)  # also caches a plan for x's shape
+    before_out = outputs(dst, x)  # also caches a plan for x's shape
     before_state = {k: v.clone() for k, v in dst.state_dict().items()}
     values_param = dst.values
     with pytest.raises(ValueError, match=r"while loading 'SparseConv2d'.*" + match):
@@ -573,7 +558,7 @@ def test_bad_state_dict_is_rejected_and_module_unchanged(case):
     assert set(after_state) == set(before_state)
     for key in before_state:
         assert torch.equal(after_state[key], before_state[key]), key
-    assert torch.equal(_outputs(dst, x), before_out)
+    assert torch.equal(outputs(dst, x), before_out)
     compare_conv(dst, x.clone().requires_grad_())  # plans and pattern intact
 
 
@@ -597,7 +582,7 @@ def test_bad_state_dict_in_submodule_names_the_prefix():
 ], ids=["index-too-big", "index-negative", "duplicates", "indptr-too-big"])
 def test_inplace_edit_to_invalid_pattern_raises(conv, edit, match):
     x = torch.randn(2, 4, 8, 8)
-    ref = _outputs(conv, x)  # a plan is cached for this shape
+    ref = outputs(conv, x)  # a plan is cached for this shape
     saved = (conv.indptr.clone(), conv.indices.clone())
     with torch.no_grad():
         edit(conv)
@@ -607,7 +592,7 @@ def test_inplace_edit_to_invalid_pattern_raises(conv, edit, match):
         conv.weight
     conv.indptr.copy_(saved[0])
     conv.indices.copy_(saved[1])
-    assert torch.equal(_outputs(conv, x), ref)
+    assert torch.equal(outputs(conv, x), ref)
 
 
 UNTRACKED_WRITES = {

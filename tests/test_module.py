@@ -13,22 +13,8 @@ from torch import nn
 import sparseprop
 from sparseprop import CSRPattern, SparseLinear
 
-from conftest import compare_with_dense, dense_reference, make_linear, tol
-
-
-def _outputs(m, x):
-    with torch.no_grad():
-        return m(x).clone()
-
-
-def _assert_same_module(a: SparseLinear, b: SparseLinear, x: torch.Tensor):
-    assert torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices)
-    assert torch.equal(a.values.detach(), b.values.detach())
-    if a.bias is None:
-        assert b.bias is None
-    else:
-        assert torch.equal(a.bias.detach(), b.bias.detach())
-    assert torch.equal(_outputs(a, x), _outputs(b, x))
+from conftest import (assert_same_sparse_module, compare_with_dense, make_linear, outputs,
+                      tol)
 
 
 # --------------------------------------------------------------------------------------
@@ -56,7 +42,7 @@ def test_state_dict_round_trip_into_fresh_module(target_sparsity):
     result = dst.load_state_dict(src.state_dict())
     assert not result.missing_keys and not result.unexpected_keys
     assert dst.nnz == src.nnz
-    _assert_same_module(src, dst, x)
+    assert_same_sparse_module(src, dst, x)
     # backward uses the transposed pattern, which must have been rebuilt
     compare_with_dense(dst, torch.randn(5, 20, requires_grad=True))
 
@@ -65,7 +51,7 @@ def test_state_dict_round_trip_bias_free():
     src = make_linear(12, 9, bias=False, sparsity=0.5)
     dst = make_linear(12, 9, bias=False, sparsity=0.8)
     dst.load_state_dict(src.state_dict())
-    _assert_same_module(src, dst, torch.randn(4, 12))
+    assert_same_sparse_module(src, dst, torch.randn(4, 12))
 
 
 def test_load_state_dict_with_int64_indices_and_int32_indptr():
@@ -76,7 +62,7 @@ def test_load_state_dict_with_int64_indices_and_int32_indptr():
     dst = SparseLinear(15, 8, sparsity=0.2)
     dst.load_state_dict(sd)
     assert dst.indices.dtype == torch.int32 and dst.indptr.dtype == torch.int64
-    _assert_same_module(src, dst, torch.randn(3, 15))
+    assert_same_sparse_module(src, dst, torch.randn(3, 15))
 
 
 def test_load_state_dict_copies_instead_of_aliasing():
@@ -88,7 +74,7 @@ def test_load_state_dict_copies_instead_of_aliasing():
     sd = a.state_dict()
     b.load_state_dict(sd)
     x = torch.randn(3, 8)
-    before = _outputs(b, x)
+    before = outputs(b, x)
     assert b.indices.data_ptr() != a.indices.data_ptr(), "b.indices aliases a.indices"
     assert b.indptr.data_ptr() != a.indptr.data_ptr(), "b.indptr aliases a.indptr"
     # a valid edit of a: move the first nonzero of row 0 to a free column
@@ -97,7 +83,7 @@ def test_load_state_dict_copies_instead_of_aliasing():
     free = min(c for c in range(8) if c not in used)
     a.indices[s:e] = torch.tensor(sorted((used - {min(used)}) | {free}), dtype=torch.int32)
     a(x)  # a revalidates fine
-    assert torch.equal(_outputs(b, x), before), "editing a's pattern changed b"
+    assert torch.equal(outputs(b, x), before), "editing a's pattern changed b"
 
 
 # --------------------------------------------------------------------------------------
@@ -111,7 +97,7 @@ def test_torch_save_load_state_dict_weights_only():
     sd = torch.load(buf, weights_only=True)
     dst = SparseLinear(30, 12, sparsity=0.1)
     dst.load_state_dict(sd)
-    _assert_same_module(src, dst, torch.randn(5, 30))
+    assert_same_sparse_module(src, dst, torch.randn(5, 30))
 
 
 def test_torch_save_load_whole_module():
@@ -122,7 +108,7 @@ def test_torch_save_load_whole_module():
     buf.seek(0)
     dst = torch.load(buf, weights_only=False)
     assert isinstance(dst, SparseLinear)
-    _assert_same_module(src, dst, torch.randn(5, 30))
+    assert_same_sparse_module(src, dst, torch.randn(5, 30))
     dst.zero_grad(set_to_none=True)
     compare_with_dense(dst, torch.randn(4, 30, requires_grad=True))
 
@@ -131,7 +117,7 @@ def test_torch_save_load_whole_module():
 def test_pickle_round_trip(protocol):
     src = SparseLinear(25, 14, sparsity=0.6)
     dst = pickle.loads(pickle.dumps(src, protocol=protocol))
-    _assert_same_module(src, dst, torch.randn(5, 25))
+    assert_same_sparse_module(src, dst, torch.randn(5, 25))
     compare_with_dense(dst, torch.randn(4, 25, requires_grad=True))
 
 
@@ -160,9 +146,9 @@ def test_pattern_survives_serialization(how):
 def test_deepcopy_is_equal_and_independent():
     src = SparseLinear(25, 14, sparsity=0.6)
     x = torch.randn(5, 25)
-    ref = _outputs(src, x)
+    ref = outputs(src, x)
     dst = copy.deepcopy(src)
-    _assert_same_module(src, dst, x)
+    assert_same_sparse_module(src, dst, x)
     for name, buf in src.named_buffers():
         assert buf.data_ptr() != dict(dst.named_buffers())[name].data_ptr(), name
     assert dst.values is not src.values
@@ -171,14 +157,14 @@ def test_deepcopy_is_equal_and_independent():
     dst(x).pow(2).sum().backward()
     opt.step()
     assert src.values.grad is None
-    assert torch.equal(_outputs(src, x), ref)
+    assert torch.equal(outputs(src, x), ref)
     # a valid in-place pattern edit of the original leaves the copy alone
-    copy_out = _outputs(dst, x)
+    copy_out = outputs(dst, x)
     other = CSRPattern.random(14, 25, 0.6, generator=torch.Generator().manual_seed(3))
     src.indptr.copy_(other.indptr)
     src.indices.copy_(other.indices)
     src(x)
-    assert torch.equal(_outputs(dst, x), copy_out)
+    assert torch.equal(outputs(dst, x), copy_out)
     compare_with_dense(dst, torch.randn(3, 25, requires_grad=True))
 
 
@@ -186,7 +172,7 @@ def test_generator_makes_construction_reproducible():
     a = SparseLinear(40, 30, sparsity=0.8, generator=torch.Generator().manual_seed(7))
     b = SparseLinear(40, 30, sparsity=0.8, generator=torch.Generator().manual_seed(7))
     c = SparseLinear(40, 30, sparsity=0.8, generator=torch.Generator().manual_seed(8))
-    _assert_same_module(a, b, torch.randn(2, 40))
+    assert_same_sparse_module(a, b, torch.randn(2, 40))
     assert not torch.equal(a.indices, c.indices) or not torch.equal(a.indptr, c.indptr)
 
 
@@ -195,7 +181,7 @@ def test_global_seed_makes_construction_reproducible():
     a = SparseLinear(40, 30, sparsity=0.8)
     torch.manual_seed(3)
     b = SparseLinear(40, 30, sparsity=0.8)
-    _assert_same_module(a, b, torch.randn(2, 40))
+    assert_same_sparse_module(a, b, torch.randn(2, 40))
 
 
 def test_initialization_bounds_like_nn_linear():
@@ -320,7 +306,7 @@ def test_to_dense_equality(bias):
     assert not m.weight[~m.pattern.mask()].any()
     if bias:  # and back again
         back = SparseLinear.from_dense(m.to_dense(), mask=m.pattern.mask())
-        _assert_same_module(m, back, x)
+        assert_same_sparse_module(m, back, x)
 
 
 # --------------------------------------------------------------------------------------
@@ -365,15 +351,15 @@ def test_parameters_are_values_and_bias():
 def test_module_apply_methods_keep_working():
     m = SparseLinear(20, 10, sparsity=0.5)
     x = torch.randn(4, 20)
-    ref = _outputs(m, x)
+    ref = outputs(m, x)
     m.to(torch.float32)
     m.cpu()
     m.share_memory()  # may move buffers to new storage: the pattern is re-derived
     m.float()
     assert m.indices.dtype == torch.int32 and m.indptr.dtype == torch.int64
-    assert torch.equal(_outputs(m, x), ref)
+    assert torch.equal(outputs(m, x), ref)
     m.train(False)
-    assert torch.equal(_outputs(m, x), ref)
+    assert torch.equal(outputs(m, x), ref)
 
 
 def test_construction_under_float64_default_dtype():
