@@ -285,14 +285,29 @@ void from_phase_layout_py(py::handle src_o, int64_t top, int64_t left, py::handl
   from_phase_layout(src.data(), sh, sw, top, left, hs, ws, dst.mutable_data(), n, c, h, w, num_threads);
 }
 
-void copy_window_py(py::handle src_o, py::handle dst_o, int64_t top, int64_t left,
-                    int num_threads) {
+void split_phases_py(py::handle src_o, py::handle dst_o, int64_t top, int64_t left,
+                     int num_threads) {
   auto src = checked<float>(src_o, "src", 3);
-  auto dst = checked<float>(dst_o, "dst", 3, true);
+  auto dst = checked<float>(dst_o, "dst", 5, true);
   expect(src.shape(0) == dst.shape(0), "src and dst must hold the same number of planes");
+  expect(dst.shape(1) >= 1 && dst.shape(2) >= 1, "strides must be >= 1");
   py::gil_scoped_release unlocked;
-  copy_window(src.data(), src.shape(0), src.shape(1), src.shape(2), dst.mutable_data(),
-              dst.shape(1), dst.shape(2), top, left, num_threads);
+  split_phases(src.data(), src.shape(0), src.shape(1), src.shape(2), dst.shape(1), dst.shape(2),
+               top, left, dst.mutable_data(), dst.shape(3), dst.shape(4), num_threads);
+}
+
+void merge_phases_py(py::handle src_o, py::handle dst_o, int64_t top, int64_t left,
+                     int num_threads) {
+  auto src = checked<float>(src_o, "src", 5);
+  auto dst = checked<float>(dst_o, "dst", 3, true);
+  const int64_t sh = src.shape(1), sw = src.shape(2), h = dst.shape(1), w = dst.shape(2);
+  expect(src.shape(0) == dst.shape(0), "src and dst must hold the same number of planes");
+  expect(sh >= 1 && sw >= 1 && top >= 0 && left >= 0, "strides must be >= 1 and top, left >= 0");
+  expect(h == 0 || (h - 1 + top) / sh < src.shape(3), "the window's rows do not fit in src");
+  expect(w == 0 || (w - 1 + left) / sw < src.shape(4), "the window's columns do not fit in src");
+  py::gil_scoped_release unlocked;
+  merge_phases(src.data(), src.shape(0), sh, sw, src.shape(3), src.shape(4), top, left,
+               dst.mutable_data(), h, w, num_threads);
 }
 
 void check_csr_py(py::handle indptr_o, py::handle indices_o, int64_t rows, int64_t cols) {
@@ -372,9 +387,13 @@ PYBIND11_MODULE(_C, m) {
         "phases, batch innermost, zeros elsewhere");
   m.def("from_phase_layout", &from_phase_layout_py, py::arg("src"), py::arg("top"), py::arg("left"),
         py::arg("dst"), py::arg("num_threads"), "The inverse of to_phase_layout on real pixels");
-  m.def("copy_window", &copy_window_py, py::arg("src"), py::arg("dst"), py::arg("top"),
+  m.def("split_phases", &split_phases_py, py::arg("src"), py::arg("dst"), py::arg("top"),
         py::arg("left"), py::arg("num_threads"),
-        "dst[p, r, c] = src[p, r - top, c - left] where that is inside src, else 0 (3-D arrays)");
+        "dst[p, a, b, i, j] = src[p, i*sh + a - top, j*sw + b - left] where that is inside src, "
+        "else 0; src (P, H, W), dst (P, sh, sw, Hs, Ws)");
+  m.def("merge_phases", &merge_phases_py, py::arg("src"), py::arg("dst"), py::arg("top"),
+        py::arg("left"), py::arg("num_threads"),
+        "dst[p, y, x] = src[p, (y+top) % sh, (x+left) % sw, (y+top) // sh, (x+left) // sw]");
   m.def("check_csr", &check_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"),
         py::arg("cols"), "Raise ValueError naming the first problem of an invalid CSR pattern");
   m.def("transpose_csr", &transpose_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("cols"),

@@ -161,25 +161,64 @@ void from_phase_layout(const float* src, int64_t sh, int64_t sw, int64_t top, in
   });
 }
 
-void copy_window(const float* src, int64_t planes, int64_t src_h, int64_t src_w, float* dst,
-                 int64_t dst_h, int64_t dst_w, int64_t top, int64_t left, int num_threads) {
-  // Destination columns [c0, c1) come from source columns [c0 - left, c1 - left).
+namespace {
+
+// Destination columns [c0, c1) of a stride-1 row copy come from source columns
+// [c0 - left, c1 - left); the rest are zeros.
+void shifted_row(const float* src, int64_t src_w, float* dst, int64_t dst_w, int64_t left) {
   const int64_t c0 = std::clamp<int64_t>(left, 0, dst_w);
   const int64_t c1 = std::clamp<int64_t>(left + src_w, c0, dst_w);
-  const int threads = threads_for(planes * dst_h * dst_w, planes, num_threads);
+  std::fill(dst, dst + c0, 0.0f);
+  std::copy(src + c0 - left, src + c1 - left, dst + c0);
+  std::fill(dst + c1, dst + dst_w, 0.0f);
+}
+
+}  // namespace
+
+void split_phases(const float* src, int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t sw,
+                  int64_t top, int64_t left, float* dst, int64_t hs, int64_t ws, int num_threads) {
+  const int threads = threads_for(planes * sh * sw * hs * ws, planes, num_threads);
   run_split(even_split(planes, threads), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const float* s = src + p * src_h * src_w;
-      float* d = dst + p * dst_h * dst_w;
-      for (int64_t r = 0; r < dst_h; ++r, d += dst_w) {
-        const int64_t sr = r - top;
-        if (sr < 0 || sr >= src_h || c0 == c1) {
-          std::fill(d, d + dst_w, 0.0f);
+      const float* s = src + p * h * w;
+      float* d = dst + p * sh * sw * hs * ws;
+      for (int64_t a = 0; a < sh; ++a)
+        for (int64_t b = 0; b < sw; ++b)
+          for (int64_t i = 0; i < hs; ++i, d += ws) {
+            const int64_t y = i * sh + a - top;
+            if (y < 0 || y >= h) {
+              std::fill(d, d + ws, 0.0f);
+            } else if (sw == 1) {
+              shifted_row(s + y * w, w, d, ws, left);
+            } else {
+              for (int64_t j = 0; j < ws; ++j) {
+                const int64_t x = j * sw + b - left;
+                d[j] = (x >= 0 && x < w) ? s[y * w + x] : 0.0f;
+              }
+            }
+          }
+    }
+  });
+}
+
+void merge_phases(const float* src, int64_t planes, int64_t sh, int64_t sw, int64_t hs, int64_t ws,
+                  int64_t top, int64_t left, float* dst, int64_t h, int64_t w, int num_threads) {
+  const int threads = threads_for(planes * h * w, planes, num_threads);
+  run_split(even_split(planes, threads), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* s = src + p * sh * sw * hs * ws;
+      float* d = dst + p * h * w;
+      for (int64_t y = 0; y < h; ++y, d += w) {
+        const int64_t py = y + top;
+        const float* row = s + (py % sh) * sw * hs * ws + (py / sh) * ws;
+        if (sw == 1) {
+          std::copy(row + left, row + left + w, d);
           continue;
         }
-        std::fill(d, d + c0, 0.0f);
-        std::copy(s + sr * src_w + c0 - left, s + sr * src_w + c1 - left, d + c0);
-        std::fill(d + c1, d + dst_w, 0.0f);
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t px = x + left;
+          d[x] = row[(px % sw) * hs * ws + px / sw];
+        }
       }
     }
   });

@@ -25,10 +25,14 @@ void from_phase_layout(const float* src, int64_t sh, int64_t sw, int64_t top, in
                        int64_t hs, int64_t ws, float* dst, int64_t n, int64_t c, int64_t h,
                        int64_t w, int num_threads);
 
-// NCHW-native convolutions: dst[p, r, c] = src[p, r - top, c - left] for each of
-// `planes` row-major planes, zero where that falls outside src (top/left < 0 crop).
-// Pads and crops at copy speed, no transpose.
-void copy_window(const float* src, int64_t planes, int64_t src_h, int64_t src_w, float* dst,
-                 int64_t dst_h, int64_t dst_w, int64_t top, int64_t left, int num_threads);
+// NCHW-native convolutions, on `planes` row-major (h, w) images. split_phases pads
+// each by (top, left) and splits it into stride phases: dst (planes, sh, sw, hs, ws)
+// holds padded pixel (i*sh + a, j*sw + b) at [a, b, i, j], zero where no pixel
+// lands (stride 1: a zero-padded copy). merge_phases is the inverse on real pixels
+// (stride 1: a crop). Both run at copy speed, no transpose.
+void split_phases(const float* src, int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t sw,
+                  int64_t top, int64_t left, float* dst, int64_t hs, int64_t ws, int num_threads);
+void merge_phases(const float* src, int64_t planes, int64_t sh, int64_t sw, int64_t hs, int64_t ws,
+                  int64_t top, int64_t left, float* dst, int64_t h, int64_t w, int num_threads);
 
 }  // namespace sparseprop

@@ -42,8 +42,7 @@ def dense_oracle_single_threaded():
 
 @pytest.fixture(autouse=True, params=["batch", "width"])
 def strategy(request):
-    """Every test runs with each data layout forced in turn (strided convolutions
-    use the batch-innermost one either way)."""
+    """Every test runs with each data layout forced in turn."""
     previous = conv_module.set_strategy(request.param)
     yield request.param
     conv_module.set_strategy(previous)
@@ -737,7 +736,8 @@ def test_auto_strategy_rule():
     assert pick(spec, 1, 8) == "width"       # batch 1: one-row vectors in the batch layout
     assert pick(SparseConv2d(8, 8, 1).spec, 64, 4) == "width"             # 1x1: no junk columns
     assert pick(SparseConv2d(8, 8, 3, groups=8).spec, 64, 8) == "width"   # depthwise
-    assert pick(SparseConv2d(8, 8, 3, stride=2).spec, 1, 32) == "batch"   # strided
+    assert pick(SparseConv2d(8, 8, 3, stride=2).spec, 8, 32) == "batch"   # strided
+    assert pick(SparseConv2d(8, 8, 3, stride=2).spec, 1, 32) == "width"   # ... but batch 1
 
 
 def test_width_strategy_saves_the_input_itself_for_1x1(strategy):
@@ -755,17 +755,35 @@ def test_width_strategy_saves_the_input_itself_for_1x1(strategy):
         y.sum().backward()  # the batch layout saved its own copy
 
 
-@pytest.mark.parametrize("top,left,dst_hw", [(1, 2, (7, 9)), (0, 0, (3, 4)), (-1, -2, (2, 3)),
-                                             (2, -1, (4, 2)), (9, 0, (3, 3))])
-def test_copy_window_pads_and_crops(top, left, dst_hw):
+@pytest.mark.parametrize("stride,top,left,phase_hw", [
+    ((1, 1), 1, 2, (7, 9)), ((1, 1), 0, 0, (3, 4)), ((1, 1), -1, -2, (2, 3)), ((1, 1), 9, 0, (3, 3)),
+    ((2, 2), 1, 1, (3, 3)), ((2, 1), 0, 2, (2, 7)), ((3, 2), 2, 1, (2, 3)), ((2, 3), 0, 0, (1, 1))])
+def test_split_and_merge_phases(stride, top, left, phase_hw):
+    """split_phases against a per-pixel reference; merge_phases gives the image back."""
+    (sh, sw), (hs, ws) = stride, phase_hw
     src = torch.randn(5, 3, 4)
-    dst = torch.full((5, *dst_hw), float("nan"))
-    _C.copy_window(src.numpy(), dst.numpy(), top, left, 2)
+    dst = torch.full((5, sh, sw, hs, ws), float("nan"))
+    _C.split_phases(src.numpy(), dst.numpy(), top, left, 2)
     expected = torch.zeros_like(dst)
-    for r in range(dst_hw[0]):
-        for c in range(dst_hw[1]):
-            if 0 <= r - top < 3 and 0 <= c - left < 4:
-                expected[:, r, c] = src[:, r - top, c - left]
+    for a in range(sh):
+        for b in range(sw):
+            for i in range(hs):
+                for j in range(ws):
+                    y, x = i * sh + a - top, j * sw + b - left
+                    if 0 <= y < 3 and 0 <= x < 4:
+                        expected[:, a, b, i, j] = src[:, y, x]
     assert torch.equal(dst, expected)
+    if top >= 0 and left >= 0 and (2 + top) // sh < hs and (3 + left) // sw < ws:
+        back = torch.full_like(src, float("nan"))
+        _C.merge_phases(dst.numpy(), back.numpy(), top, left, 2)
+        assert torch.equal(back, src)
+
+
+def test_split_and_merge_phases_reject_bad_shapes():
+    src, phases = torch.zeros(5, 3, 4), torch.zeros(5, 1, 1, 3, 4)
     with pytest.raises(ValueError, match="same number of planes"):
-        _C.copy_window(src.numpy(), torch.zeros(4, 3, 4).numpy(), 0, 0, 1)
+        _C.split_phases(src.numpy(), torch.zeros(4, 1, 1, 3, 4).numpy(), 0, 0, 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        _C.merge_phases(phases.numpy(), src.numpy(), 1, 0, 1)
+    with pytest.raises(ValueError, match="top, left >= 0"):
+        _C.merge_phases(phases.numpy(), src.numpy(), -1, 0, 1)

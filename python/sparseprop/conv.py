@@ -1,6 +1,6 @@
 """Sparse 2-D convolution on the CSR kernels: the module-facing entry points, the
 choice between two data layouts, and the "batch" layout itself (the "width"
-layout, native NCHW for stride-1 convolutions, is in conv_width.py).
+layout, native NCHW, is in conv_width.py).
 
 Every pass is one of the two native kernels in their "offset" form: each
 nonzero (o, c, kh, kw) becomes an element offset into a re-laid-out input. In
@@ -183,10 +183,9 @@ def make_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
 def set_strategy(name: str) -> str:
     """Choose how convolutions lay out their data; returns the previous choice.
 
-    * ``"batch"``: the batch-innermost phase layout (any stride; transposes in and out),
-    * ``"width"``: the native NCHW layout, vectorized along output rows (stride-1
-      convolutions; strided ones still use ``"batch"``),
-    * ``"auto"`` (default): ``"width"`` where it measured faster (see pick_strategy).
+    * ``"batch"``: the batch-innermost phase layout (transposes in and out),
+    * ``"width"``: the native NCHW layout, vectorized along output rows (conv_width.py),
+    * ``"auto"`` (default): per call, whichever measured faster (see pick_strategy).
     """
     global _strategy
     if name not in _STRATEGIES:
@@ -197,20 +196,21 @@ def set_strategy(name: str) -> str:
 
 def pick_strategy(spec: ConvSpec, batch: int, out_width: int) -> str:
     """The layout for a convolution of this spec and input; "auto" follows measurements
-    (``python -m sparseprop.bench --conv --strategy batch,width``): the native layout
-    wins where its junk columns ((kW - 1) * dilation per padded row) are under a tenth
-    of the work (3x3 on 32x32: 6%; on 16x16: 11%), for 1x1 kernels (no junk, no copies),
-    for depthwise ones (so few weights that the batch layout's transposes dominate) and
-    at batch 1 (the batch layout's vectors are then only one row long)."""
-    if spec.stride != (1, 1) or _strategy == "batch":
-        return "batch"
-    if _strategy == "width":
+    (``python -m sparseprop.bench --conv --strategy batch,width``). The width layout wins
+    at batch 1 (the batch layout's vectors are then one row long) and, for stride 1,
+    where its junk columns ((kW - 1) * dilation per padded row) are under a tenth of
+    the work (3x3 on 32x32: 6%; on 16x16: 11%), for 1x1 kernels (no junk, no copies)
+    and depthwise ones (so few weights that the batch layout's transposes dominate).
+    Strided convolutions at batch 8 and up ran 20-50% faster in the batch layout."""
+    if _strategy != "auto":
+        return _strategy
+    if batch == 1:
         return "width"
+    if spec.stride != (1, 1):
+        return "batch"
     junk = spec.dilation[1] * (spec.kernel_size[1] - 1)
     depthwise = spec.groups == spec.in_channels
-    if junk == 0 or depthwise or batch == 1 or 10 * junk < out_width + junk:
-        return "width"
-    return "batch"
+    return "width" if junk == 0 or depthwise or 10 * junk < out_width + junk else "batch"
 
 
 def _segments(rows: int, run: int, x_stride: int, y_stride: int) -> Tuple[int, int, int, int]:
