@@ -163,6 +163,9 @@ void from_phase_layout(const float* src, int64_t sh, int64_t sw, int64_t top, in
 
 namespace {
 
+// ceil(a / b) for b > 0 and any sign of a.
+int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
 // Destination columns [c0, c1) of a stride-1 row copy come from source columns
 // [c0 - left, c1 - left); the rest are zeros.
 void shifted_row(const float* src, int64_t src_w, float* dst, int64_t dst_w, int64_t left) {
@@ -191,10 +194,14 @@ void split_phases(const float* src, int64_t planes, int64_t h, int64_t w, int64_
             } else if (sw == 1) {
               shifted_row(s + y * w, w, d, ws, left);
             } else {
-              for (int64_t j = 0; j < ws; ++j) {
-                const int64_t x = j * sw + b - left;
-                d[j] = (x >= 0 && x < w) ? s[y * w + x] : 0.0f;
-              }
+              // Phase column j holds image column j*sw + b - left: those in [0, w) are
+              // the columns j in [j0, j1), a stride-sw gather; the rest are zeros.
+              const int64_t j0 = std::clamp<int64_t>(ceil_div(left - b, sw), 0, ws);
+              const int64_t j1 = std::clamp<int64_t>(ceil_div(w + left - b, sw), j0, ws);
+              const float* from = s + y * w + j0 * sw + b - left;
+              std::fill(d, d + j0, 0.0f);
+              for (int64_t j = j0; j < j1; ++j) d[j] = from[(j - j0) * sw];
+              std::fill(d + j1, d + ws, 0.0f);
             }
           }
     }
@@ -215,9 +222,12 @@ void merge_phases(const float* src, int64_t planes, int64_t sh, int64_t sw, int6
           std::copy(row + left, row + left + w, d);
           continue;
         }
-        for (int64_t x = 0; x < w; ++x) {
-          const int64_t px = x + left;
-          d[x] = row[(px % sw) * hs * ws + px / sw];
+        // Image columns x = x0, x0 + sw, ... come from phase b = (x0 + left) % sw, at
+        // consecutive phase columns: a stride-sw scatter per phase.
+        for (int64_t x0 = 0; x0 < std::min(sw, w); ++x0) {
+          const int64_t px = x0 + left;
+          const float* from = row + (px % sw) * hs * ws + px / sw;
+          for (int64_t x = x0, j = 0; x < w; x += sw, ++j) d[x] = from[j];
         }
       }
     }
