@@ -55,7 +55,7 @@ from sparseprop import SparseConv2d
 
 from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _ratio, _x, cpu_model,
                     header_lines, run_settings, time_interleaved_samples)
-from .conv import _STRATEGIES as STRATEGIES, set_strategy
+from .conv import STRATEGIES, set_strategy
 from .models import count_params, densify, resnet18_cifar, sparsify_convs
 
 
@@ -358,7 +358,7 @@ def build_conv_parser() -> argparse.ArgumentParser:
                    default=["auto"],
                    help="comma-separated data layouts to time, each in turn: auto (default; "
                         "sparseprop's own choice), batch (batch-innermost phase layout), width "
-                        "(native NCHW, stride-1 convolutions only)")
+                        "(native NCHW)")
     _common_options(p, 0.2, "per pass; default: adaptive, --min-time per side, 5..50")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: layers {QUICK_LAYERS}, batch {QUICK_CONV_BATCHES}, sparsity "

@@ -37,7 +37,7 @@ from .functional import check_float32_cpu
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _MAX_CACHED_PLANS = 8
-_STRATEGIES = ("auto", "batch", "width")
+STRATEGIES = ("auto", "batch", "width")
 _strategy = "auto"
 
 
@@ -188,8 +188,8 @@ def set_strategy(name: str) -> str:
     * ``"auto"`` (default): per call, whichever measured faster (see pick_strategy).
     """
     global _strategy
-    if name not in _STRATEGIES:
-        raise ValueError(f"conv strategy must be one of {_STRATEGIES}, got {name!r}")
+    if name not in STRATEGIES:
+        raise ValueError(f"conv strategy must be one of {STRATEGIES}, got {name!r}")
     previous, _strategy = _strategy, name
     return previous
 
