@@ -31,7 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _C, _workspace
 from ._backend import as_numpy, get_num_threads
-from .conv_width import _SparseConv2dWidthFn, make_width_plan
+from .conv_width import WidthPlan, _SparseConv2dWidthFn
 from .csr import CSRPattern
 from .functional import check_float32_cpu
 
@@ -139,45 +139,78 @@ def output_size(spec: ConvSpec, h: int, w: int, pads: Tuple[int, int, int, int])
     return oh, ow
 
 
-def decode_taps(spec: ConvSpec, pattern: CSRPattern):
-    """(o, c, a, b) per nonzero: output channel, input channel, tap offset in input pixels."""
+@dataclass
+class PhaseTaps:
+    """The nonzeros as taps of a stride-1 convolution over stride phases, for both layouts.
+
+    Nonzero k (output channel o, input channel c, tap (a, b) in input pixels) reads phase
+    channel ``phase`` = (c, a % sh, b % sw) shifted by (di, dj) = (a // sh, b // sw) on
+    a phase grid of ``grid`` = (Hs, Ws); ``reach`` = the largest possible shifts.
+    ``order`` / ``indptr`` group the nonzeros by phase channel: the transposed pattern
+    of the input gradient."""
+
+    o: torch.Tensor
+    phase: torch.Tensor
+    di: torch.Tensor
+    dj: torch.Tensor
+    grid: Tuple[int, int]
+    reach: Tuple[int, int]
+    order: torch.Tensor
+    indptr: torch.Tensor
+
+
+def phase_taps(spec: ConvSpec, pattern: CSRPattern, h: int, w: int,
+               pads: Tuple[int, int, int, int]) -> PhaseTaps:
     # Plans are rare (one per input shape): re-check the pattern in full, so that
     # buffers edited behind the layer's back fail here with a clear message.
     _C.check_csr(*pattern.numpy(), pattern.rows, pattern.cols)
-    (kh, kw), (dh, dw) = spec.kernel_size, spec.dilation
+    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
     o = pattern.row_indices()
     col = pattern.indices.long()
     cg = spec.in_channels // spec.groups
     c = (o // (spec.out_channels // spec.groups)) * cg + col // (kh * kw)
-    return o, c, (col // kw) % kh * dh, col % kw * dw
+    a, b = (col // kw) % kh * dh, col % kw * dw
+    phase = (c * sh + a % sh) * sw + b % sw
+    order = torch.sort(phase, stable=True).indices
+    counts = torch.bincount(phase, minlength=spec.in_channels * sh * sw)
+    indptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=indptr[1:])
+    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    return PhaseTaps(o, phase, a // sh, b // sw, (-(-hp // sh), -(-wp // sw)),
+                     (dh * (kh - 1) // sh, dw * (kw - 1) // sw), order, indptr)
 
 
 def make_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
               pads: Tuple[int, int, int, int]) -> ConvPlan:
-    (kh_, kw_), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
-    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    """Plan of the batch layout."""
+    sh, sw = spec.stride
     oh, ow = output_size(spec, h, w, pads)
-    hs, ws = -(-hp // sh), -(-wp // sw)
-    plane = hs * ws * n
-    o, c, a, b = decode_taps(spec, pattern)
-    phase = (c * sh + a % sh) * sw + b % sw
-    di, dj = a // sh, b // sw
-    fwd_offsets = phase * plane + (di * ws + dj) * n
+    t = phase_taps(spec, pattern, h, w, pads)
+    (hs, ws), (bh, bw) = t.grid, t.reach
+    fwd_offsets = t.phase * (hs * ws * n) + (t.di * ws + t.dj) * n
     # Input gradient: rows are phase channels; the operand is dY inside a zero border
     # wide enough that every tap's window stays in range.
-    bh, bw = (dh * (kh_ - 1)) // sh, (dw * (kw_ - 1)) // sw
     hg, wg = hs + bh, ws + bw
-    order = torch.sort(phase, stable=True).indices
-    counts = torch.bincount(phase, minlength=spec.in_channels * sh * sw)
-    bwd_indptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=bwd_indptr[1:])
     # dX' is computed only on the window of the phase grid where real pixels land,
     # not on the zero padding (for a 3x3 pad-1 conv on 4x4 images that is 16 of 36).
     r0, c0 = pads[0] // sh, pads[2] // sw
     window = (r0, c0, (pads[0] + h - 1) // sh + 1 - r0, (pads[2] + w - 1) // sw + 1 - c0)
-    bwd_offsets = (o * (hg * wg * n) + ((bh - di + r0) * wg + (bw - dj + c0)) * n)[order]
+    bwd_offsets = t.o * (hg * wg * n) + ((bh - t.di + r0) * wg + (bw - t.dj + c0)) * n
     return ConvPlan(n, h, w, pads, oh, ow, hs, ws, hg, wg, (bh, bw), window, fwd_offsets.contiguous(),
-                    bwd_indptr, order.contiguous(), bwd_offsets.contiguous())
+                    t.indptr, t.order.contiguous(), bwd_offsets[t.order].contiguous())
+
+
+def make_width_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
+                    pads: Tuple[int, int, int, int]) -> WidthPlan:
+    """Plan of the width layout (see conv_width.py for the offsets)."""
+    oh, ow = output_size(spec, h, w, pads)
+    t = phase_taps(spec, pattern, h, w, pads)
+    (hs, ws), (reach_h, reach_w) = t.grid, t.reach
+    fwd_offsets = t.phase * (hs * ws) + t.di * ws + t.dj
+    bwd_offsets = t.o * ((hs + reach_h) * ws) + reach_w + (reach_h - t.di) * ws - t.dj
+    return WidthPlan(n, h, w, pads, spec.stride, oh, ow, hs, ws, reach_h, reach_w,
+                     fwd_offsets.contiguous(), t.indptr, t.order.contiguous(),
+                     bwd_offsets[t.order].contiguous())
 
 
 def set_strategy(name: str) -> str:
@@ -349,7 +382,7 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
     plan = plans.get(key) if plans is not None else None
     if plan is None:
         if strategy == "width":
-            plan = make_width_plan(spec, decode_taps(spec, pattern), n, h, w, pads)
+            plan = make_width_plan(spec, pattern, n, h, w, pads)
         else:
             plan = make_plan(spec, pattern, n, h, w, pads)
         if plans is not None:

@@ -74,30 +74,6 @@ class WidthPlan:
         return self.phases == 1 and (self.hs, self.ws) == (self.oh, self.ow) == (self.h, self.w)
 
 
-def make_width_plan(spec, taps, n: int, h: int, w: int,
-                    pads: Tuple[int, int, int, int]) -> WidthPlan:
-    """Plan for ``spec`` (a conv.ConvSpec); ``taps`` = (o, c, a, b) per nonzero
-    (conv.decode_taps: channels, dilated tap offsets in input pixels)."""
-    o, c, a, b = taps
-    (kh, kw), (sh, sw), (dh, dw) = spec.kernel_size, spec.stride, spec.dilation
-    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
-    hs, ws = -(-hp // sh), -(-wp // sw)
-    oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-    reach_h, reach_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
-    phase = (c * sh + a % sh) * sw + b % sw
-    di, dj = a // sh, b // sw
-    fwd_offsets = phase * (hs * ws) + di * ws + dj
-    order = torch.sort(phase, stable=True).indices
-    counts = torch.bincount(phase, minlength=spec.in_channels * sh * sw)
-    bwd_indptr = torch.zeros(counts.numel() + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=bwd_indptr[1:])
-    g_plane = (hs + reach_h) * ws
-    bwd_offsets = (o * g_plane + reach_w + (reach_h - di) * ws - dj)[order]
-    return WidthPlan(n, h, w, pads, (sh, sw), oh, ow, hs, ws, reach_h, reach_w,
-                     fwd_offsets.contiguous(), bwd_indptr, order.contiguous(),
-                     bwd_offsets.contiguous())
-
-
 def _planes(t: torch.Tensor, rows: int, cols: int):
     return as_numpy(t).reshape(-1, rows, cols)
 
