@@ -27,6 +27,23 @@ inline const float* operand(const Args& a, int64_t k) {
   return a.x + (OFFS ? a.offsets[k] : a.indices[k] * a.ldx);
 }
 
+// Gathered rows of x are random to the hardware prefetcher but known from the
+// indices: fetch the block of the nonzero kPrefetchAhead places ahead (clamped
+// to `limit`, the end of this thread's nonzeros) while this one computes.
+#ifndef SPARSEPROP_PREFETCH
+#define SPARSEPROP_PREFETCH 8
+#endif
+constexpr int64_t kPrefetchAhead = SPARSEPROP_PREFETCH;
+
+template <int NV, bool OFFS, class Args>
+inline void prefetch_operand(const Args& a, int64_t k, int64_t limit, int64_t c0) {
+  if (kPrefetchAhead == 0) return;
+  const int64_t ahead = k + kPrefetchAhead < limit ? k + kPrefetchAhead : limit - 1;
+  const char* p = reinterpret_cast<const char*>(operand<OFFS>(a, ahead) + c0);
+  constexpr int kBytes = NV * kW * int(sizeof(float));
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(p + b);
+}
+
 template <int NF, bool TAIL, bool OFFS>
 void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
   constexpr int NV = NF + (TAIL ? 1 : 0);
@@ -34,6 +51,7 @@ void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c
   // are enough independent FMA chains to hide the FMA latency. (Both sets are
   // named arrays indexed by constants only, so they stay in registers.)
   constexpr bool PAIRS = NV < 4;
+  const int64_t limit = a.indptr[r1];
   for (int64_t r = r0; r < r1; ++r) {
     Reg acc[NV], acc2[NV];
     const Reg init = a.bias ? Vec::set1(a.bias[r]) : Vec::zero();
@@ -45,6 +63,8 @@ void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c
     const int64_t end = a.indptr[r + 1];
     if (PAIRS) {
       for (; k + 1 < end; k += 2) {
+        prefetch_operand<NV, OFFS>(a, k, limit, c0);
+        prefetch_operand<NV, OFFS>(a, k + 1, limit, c0);
         const Reg w0 = Vec::set1(a.values[k]), w1 = Vec::set1(a.values[k + 1]);
         const float* x0 = operand<OFFS>(a, k) + c0;
         const float* x1 = operand<OFFS>(a, k + 1) + c0;
@@ -55,6 +75,7 @@ void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c
       }
     }
     for (; k < end; ++k) {
+      prefetch_operand<NV, OFFS>(a, k, limit, c0);
       const Reg w = Vec::set1(a.values[k]);
       const float* x = operand<OFFS>(a, k) + c0;
       for (int u = 0; u < NV; ++u) acc[u] = Vec::fma(w, load_lane_block<NF, TAIL>(x, u, tail), acc[u]);
@@ -71,6 +92,7 @@ void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c
 template <int NF, bool TAIL, bool ACCUMULATE, bool OFFS>
 void sddmm_block(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t c0, int tail) {
   constexpr int NV = NF + (TAIL ? 1 : 0);
+  const int64_t limit = a.indptr[r1];
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t begin = a.indptr[r], end = a.indptr[r + 1];
     if (begin == end) continue;
@@ -78,6 +100,7 @@ void sddmm_block(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t
     const float* dy_row = a.dy + r * a.lddy + c0;
     for (int u = 0; u < NV; ++u) dy[u] = load_lane_block<NF, TAIL>(dy_row, u, tail);
     for (int64_t k = begin; k < end; ++k) {
+      prefetch_operand<NV, OFFS>(a, k, limit, c0);
       const float* x = operand<OFFS>(a, k) + c0;
       Reg s0 = Vec::mul(dy[0], load_lane_block<NF, TAIL>(x, 0, tail));
       Reg s1 = Vec::zero();
