@@ -139,6 +139,23 @@ void sddmm_py(py::handle indptr_o, py::handle indices_o, py::handle dy_o, py::ha
   sddmm(a, rows, num_threads);
 }
 
+void spmv_transposed_py(py::handle indptr_o, py::handle indices_o, py::handle values_o,
+                        py::handle x_o, py::handle y_o, int num_threads) {
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  auto values = checked<float>(values_o, "values", 1);
+  auto x = checked<float>(x_o, "x", 1);
+  auto y = checked<float>(y_o, "out", 1, true);
+  expect_pattern(indptr, indices);
+  const int64_t rows = indptr.shape(0) - 1;
+  expect(values.shape(0) == indices.shape(0), "values must have one entry per nonzero");
+  expect(x.shape(0) == rows, "x must have one entry per pattern row");
+  expect_in_bounds(indptr, indices, y.shape(0));
+  py::gil_scoped_release unlocked;
+  spmv_transposed(indptr.data(), indices.data(), values.data(), rows, y.shape(0), x.data(),
+                  y.mutable_data(), num_threads);
+}
+
 // The offset form has no column indices to bound, but a row range past the
 // offsets would still read outside them: indptr must start at 0, never
 // decrease and end at nnz (O(rows), next to the O(nnz * n) kernel).
@@ -368,6 +385,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("sddmm", &sddmm_py, py::arg("indptr"), py::arg("indices"), py::arg("dy"), py::arg("x"),
         py::arg("out"), py::arg("num_threads"),
         "out[k] = dot(dy[r, :], x[indices[k], :]) for every nonzero k of every row r");
+  m.def("spmv_transposed", &spmv_transposed_py, py::arg("indptr"), py::arg("indices"),
+        py::arg("values"), py::arg("x"), py::arg("out"), py::arg("num_threads"),
+        "out = W^T x for W = (indptr, indices, values) with len(out) columns: batch-1 input "
+        "gradient without the transposed pattern");
   m.def("spmm_offsets", &spmm_offsets_py, py::arg("indptr"), py::arg("offsets"), py::arg("values"),
         py::arg("perm"), py::arg("bias"), py::arg("x"), py::arg("out"), py::arg("ldy"),
         py::arg("n"), py::arg("segments"), py::arg("x_segment_stride"), py::arg("y_segment_stride"),

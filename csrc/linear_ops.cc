@@ -88,6 +88,38 @@ void sddmm(const SddmmArgs& args, int64_t rows, int num_threads) {
   run_split(nnz_split(args.indptr, rows, n), [&](int64_t b, int64_t e) { kernel(args, b, e); });
 }
 
+void spmv_transposed(const int64_t* indptr, const int32_t* indices, const float* values,
+                     int64_t rows, int64_t cols, const float* x, float* y, int num_threads) {
+  const int n = threads_for(indptr[rows], rows, num_threads);
+  const std::vector<int64_t> bounds = nnz_split(indptr, rows, n);
+  // Thread 0 scatters into y; the others into private copies, summed at the end.
+  float* partial = n > 1 ? scratch(int64_t(n - 1) * cols, 0) : nullptr;
+  std::vector<float*> outs(size_t(n), y);
+  for (int t = 1; t < n; ++t) outs[size_t(t)] = partial + int64_t(t - 1) * cols;
+  struct Ctx {
+    const std::vector<int64_t>* bounds;
+    float* const* outs;
+    const int64_t* indptr;
+    const int32_t* indices;
+    const float* values;
+    const float* x;
+    int64_t cols;
+  } ctx{&bounds, outs.data(), indptr, indices, values, x, cols};
+  parallel_run(n, [](void* p, int t, int) {
+    const auto* c = static_cast<const Ctx*>(p);
+    float* out = c->outs[t];
+    std::fill(out, out + c->cols, 0.0f);
+    for (int64_t r = (*c->bounds)[t]; r < (*c->bounds)[t + 1]; ++r) {
+      const float d = c->x[r];
+      for (int64_t k = c->indptr[r]; k < c->indptr[r + 1]; ++k) out[c->indices[k]] += c->values[k] * d;
+    }
+  }, &ctx);
+  for (int t = 1; t < n; ++t) {
+    const float* part = outs[size_t(t)];
+    for (int64_t j = 0; j < cols; ++j) y[j] += part[j];
+  }
+}
+
 void transpose(const TransposeArgs& args, int num_threads) {
   const int n = threads_for(args.rows * args.cols, args.cols, num_threads);
   const auto kernel = active_kernels().transpose;

@@ -12,6 +12,14 @@ void spmm(const SpmmArgs& args, int64_t rows, int num_threads);
 void sddmm(const SddmmArgs& args, int64_t rows, int num_threads);
 void transpose(const TransposeArgs& args, int num_threads);
 
+// y (cols) = W^T x for a CSR W (rows, cols) and x (rows): the input gradient at
+// batch 1, scattered along W's own rows. Next to the gather form on the
+// transposed pattern it needs no transposed pattern and no permuted copy of
+// the values (a random-access pass over all of them). Scalar on every ISA:
+// AVX2 has no scatter, and the scattered adds hit y in L1.
+void spmv_transposed(const int64_t* indptr, const int32_t* indices, const float* values,
+                     int64_t rows, int64_t cols, const float* x, float* y, int num_threads);
+
 // Image layouts for convolutions. NCHW is the usual (n, c, h, w) row-major.
 // The phase layout is (c, sh, sw, hs, ws, n) row-major: the image padded by
 // (top, left) and split into stride phases, zeros where no pixel lands;

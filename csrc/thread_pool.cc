@@ -143,8 +143,13 @@ void use_openmp_runtime(void* gomp_parallel, void* omp_get_thread_num, void* omp
 bool using_openmp_runtime() { return openmp.load() != nullptr; }
 
 int max_threads() {
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw ? int(hw) : 1;
+  // Asked once: hardware_concurrency() reads /sys on every call (~5 us), which
+  // would double the cost of a small layer's kernel call.
+  static const int n = [] {
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw ? int(hw) : 1;
+  }();
+  return n;
 }
 
 void parallel_run(int num_threads, TaskFn fn, void* ctx) {

@@ -168,8 +168,51 @@ struct SddmmNextBlock {
   }
 };
 
+// Batch 1 (a vector, not a matrix, on the dense side): the batch-vectorized
+// blocks would use one lane of each vector. These forms vectorize along a
+// row's nonzeros instead, gathering x by index; they need contiguous x.
+bool single_column(int64_t n, int64_t ldx, const int64_t* offsets, int64_t segments) {
+  return n == 1 && ldx == 1 && !offsets && segments == 1;
+}
+
+void spmv_rows(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t k = a.indptr[r];
+    const int64_t end = a.indptr[r + 1];
+    Reg acc0 = Vec::zero(), acc1 = Vec::zero();
+    for (; k + 2 * kW <= end; k += 2 * kW) {
+      acc0 = Vec::fma(Vec::load(a.values + k), Vec::load_index_gather(a.x, a.indices + k), acc0);
+      acc1 = Vec::fma(Vec::load(a.values + k + kW),
+                      Vec::load_index_gather(a.x, a.indices + k + kW), acc1);
+    }
+    if (k + kW <= end) {
+      acc0 = Vec::fma(Vec::load(a.values + k), Vec::load_index_gather(a.x, a.indices + k), acc0);
+      k += kW;
+    }
+    float sum = Vec::hsum(Vec::add(acc0, acc1));
+    for (; k < end; ++k) sum += a.values[k] * a.x[a.indices[k]];
+    a.y[r * a.ldy] = (a.bias ? a.bias[r] : 0.0f) + sum;
+  }
+}
+
+void sddmv_rows(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t k = a.indptr[r];
+    const int64_t end = a.indptr[r + 1];
+    const float d = a.dy[r * a.lddy];
+    const Reg dv = Vec::set1(d);
+    for (; k + kW <= end; k += kW)
+      Vec::store(a.out + k, Vec::mul(dv, Vec::load_index_gather(a.x, a.indices + k)));
+    for (; k < end; ++k) a.out[k] = d * a.x[a.indices[k]];
+  }
+}
+
 void spmm_rows(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1) {
   if (a.n == 0) return;
+  if (single_column(a.n, a.ldx, a.offsets, a.segments)) {
+    spmv_rows(a, r0, r1);
+    return;
+  }
   for (int64_t seg = 0; seg < a.segments; ++seg) {
     sparseprop::SpmmArgs s = a;
     s.x += seg * a.x_segment_stride;
@@ -181,6 +224,10 @@ void spmm_rows(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1) {
 void sddmm_rows(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1) {
   if (a.n == 0 || a.segments == 0) {
     for (int64_t k = a.indptr[r0]; k < a.indptr[r1]; ++k) a.out[k] = 0.0f;
+    return;
+  }
+  if (single_column(a.n, a.ldx, a.offsets, a.segments)) {
+    sddmv_rows(a, r0, r1);
     return;
   }
   // The first block of the first segment writes the dot products; the rest add.

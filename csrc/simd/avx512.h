@@ -18,4 +18,7 @@ struct Vec {
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static float hsum(reg v) { return _mm512_reduce_add_ps(v); }
+  static reg load_index_gather(const float* base, const int32_t* idx) {
+    return _mm512_i32gather_ps(_mm512_loadu_si512(idx), base, 4);
+  }
 };

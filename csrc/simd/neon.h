@@ -27,4 +27,8 @@ struct Vec {
   static reg mul(reg a, reg b) { return vmulq_f32(a, b); }
   static reg add(reg a, reg b) { return vaddq_f32(a, b); }
   static float hsum(reg v) { return vaddvq_f32(v); }
+  static reg load_index_gather(const float* base, const int32_t* idx) {
+    const float lanes[4] = {base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]};
+    return vld1q_f32(lanes);
+  }
 };

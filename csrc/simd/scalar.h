@@ -16,4 +16,5 @@ struct Vec {
   static reg mul(reg a, reg b) { return a * b; }
   static reg add(reg a, reg b) { return a + b; }
   static float hsum(reg v) { return v; }
+  static reg load_index_gather(const float* base, const int32_t* idx) { return base[*idx]; }
 };

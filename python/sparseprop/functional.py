@@ -65,10 +65,15 @@ class _SparseLinearFn(torch.autograd.Function):
         gyt = feature_major(grad_yt.t())  # (out, N); materializes stride-0 gradients
         grad_x = grad_values = grad_bias = None
         if need_x:
-            t_indptr, t_indices, t_perm = pattern.transposed_numpy()
             gxt = _workspace.empty(pattern.cols, gyt.shape[1])
-            _C.spmm(t_indptr, t_indices, as_numpy(values), t_perm, None, as_numpy(gyt),
-                    as_numpy(gxt), threads)
+            if gyt.shape[1] == 1:  # batch 1: scatter along W's rows, no transposed pattern
+                indptr, indices = pattern.numpy()
+                _C.spmv_transposed(indptr, indices, as_numpy(values), as_numpy(gyt)[:, 0],
+                                   as_numpy(gxt)[:, 0], threads)
+            else:
+                t_indptr, t_indices, t_perm = pattern.transposed_numpy()
+                _C.spmm(t_indptr, t_indices, as_numpy(values), t_perm, None, as_numpy(gyt),
+                        as_numpy(gxt), threads)
             # A leaf input would have torch copy the transposed view into a
             # contiguous .grad (slowly); everyone else takes the view for free.
             grad_x = feature_major(gxt) if ctx.contiguous_grad_x else gxt.t()

@@ -76,12 +76,17 @@ int main(int argc, char** argv) {
   const double flop = 2.0 * double(nnz) * double(n);
   const double t_fwd = median_seconds(reps, [&] { spmm(fwd, rows, threads); });
   const double t_bwd = median_seconds(reps, [&] { spmm(bwd, cols, threads); });
+  const double t_scatter = n == 1 ? median_seconds(reps, [&] {
+    spmv_transposed(indptr.data(), indices.data(), values.data(), rows, cols, dy.data(), dx.data(),
+                    threads);
+  }) : 0.0;
   const double t_dw = median_seconds(reps, [&] { sddmm(wgrad, rows, threads); });
   std::printf("%s %lldx%lld sparsity %.3f batch %lld threads %d nnz %lld\n",
               active_kernels().isa, (long long)rows, (long long)cols, sparsity, (long long)n,
               threads, (long long)nnz);
   std::printf("  forward  %8.3f ms %7.1f GFLOP/s\n", t_fwd * 1e3, flop / t_fwd * 1e-9);
   std::printf("  grad x   %8.3f ms %7.1f GFLOP/s\n", t_bwd * 1e3, flop / t_bwd * 1e-9);
+  if (n == 1) std::printf("  grad x scatter %8.3f ms %7.1f GFLOP/s\n", t_scatter * 1e3, flop / t_scatter * 1e-9);
   std::printf("  grad w   %8.3f ms %7.1f GFLOP/s\n", t_dw * 1e3, flop / t_dw * 1e-9);
   return 0;
 }

@@ -100,6 +100,12 @@ void run_case(const std::string& isa, int64_t rows, int64_t cols, double density
               dx.data(), n, n};
   spmm(ba, cols, threads);
   expect_close(dx, dx_ref, double(rows), "spmm^T " + what);
+  if (n == 1) {  // the batch-1 scatter form on W's own rows
+    std::vector<float> dx1(size_t(cols), NAN);
+    spmv_transposed(p.indptr.data(), p.indices.data(), p.values.data(), rows, cols, dy.data(),
+                    dx1.data(), threads);
+    expect_close(dx1, dx_ref, double(rows), "spmv_transposed " + what);
+  }
 
   // Value gradient: dv[k] = dot(dy[r, :], x[c, :]).
   std::vector<double> dv_ref(p.indices.size());
@@ -187,6 +193,10 @@ int main() {
           run_case(isa, s[0], s[1], d, n, 1 + (cases % 2), rng);
           ++cases;
         }
+    // Large enough for two threads at batch 1 (the batch-1 forms split by nonzeros).
+    run_case(isa, 300, 500, 0.5, 1, 2, rng);
+    run_case(isa, 301, 499, 0.9, 1, 2, rng);
+    cases += 2;
     for (int64_t n : {1, 5, 16, 31, 130})
       for (int64_t segments : {1, 3})
         run_offsets_case(isa, 7, 4, n, segments, 1 + (cases++ % 2), rng);
