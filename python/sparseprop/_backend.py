@@ -167,4 +167,6 @@ def _apply_isa_env() -> None:
 
 def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     """Zero-copy numpy view of a CPU tensor (None passes through)."""
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    return t.detach().numpy() if t.requires_grad else t.numpy()  # detach costs ~0.5 us

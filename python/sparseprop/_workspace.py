@@ -17,6 +17,7 @@ from typing import Dict, List
 import torch
 
 _MAX_PER_SIZE = 4
+_SMALL = 16384  # floats (64 KiB)
 _pool: Dict[int, List[torch.UntypedStorage]] = {}
 _lock = threading.Lock()
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -28,7 +29,8 @@ def empty(*shape: int) -> torch.Tensor:
     The tensor is set on the buffer's storage rather than being a view of another
     tensor, so autograd treats it like any fresh tensor (in-place ops allowed)."""
     numel = math.prod(shape)
-    if _use_count is None or numel == 0:
+    # Small buffers fault in a few pages at most: the pool's bookkeeping would cost more.
+    if _use_count is None or numel < _SMALL:
         return torch.empty(shape, dtype=torch.float32)
     with _lock:  # the check and the hand-out must not interleave across threads
         bucket = _pool.setdefault(numel, [])

@@ -106,14 +106,16 @@ def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor
             raise ValueError(f"bias must have shape ({pattern.rows},), got {tuple(bias.shape)}")
     if input.dim() == 0 or input.shape[-1] != pattern.cols:
         raise ValueError(f"input must have shape (*, {pattern.cols}), got {tuple(input.shape)}")
+    # A 2-D input is used as it is: every reshape would be one more autograd
+    # node, which costs as much as the kernels of a small layer.
     lead = input.shape[:-1]
-    x2d = input.reshape(math.prod(lead), pattern.cols)
+    x2d = input if input.dim() == 2 else input.reshape(math.prod(lead), pattern.cols)
     # The Function returns y^T (out, N); transposing outside it keeps the result
     # an ordinary view that in-place ops (ReLU(inplace=True)) may modify.
     yt = _SparseLinearFn.apply(x2d, values.contiguous(),
                                 None if bias is None else bias.contiguous(), pattern,
                                 input.is_leaf and input.requires_grad)
-    return yt.t().reshape(*lead, pattern.rows)
+    return yt.t() if input.dim() == 2 else yt.t().reshape(*lead, pattern.rows)
 
 
 def sparse_conv2d(*args, **kwargs):
