@@ -58,6 +58,20 @@ void expect_pattern(const py::array_t<int64_t>& indptr, const py::array_t<int32_
          "indptr does not match indices (indptr[0] must be 0 and indptr[-1] must equal len(indices))");
 }
 
+struct PatternArrays {
+  py::array_t<int64_t> indptr;
+  py::array_t<int32_t> indices;
+  int64_t rows;
+};
+
+// The linear form's (indptr, indices) as typed arrays, with the O(1) checks.
+PatternArrays checked_pattern(const py::handle& indptr_o, const py::handle& indices_o) {
+  PatternArrays p{checked<int64_t>(indptr_o, "indptr", 1), checked<int32_t>(indices_o, "indices", 1), 0};
+  expect_pattern(p.indptr, p.indices);
+  p.rows = p.indptr.shape(0) - 1;
+  return p;
+}
+
 // Every perm entry must index values: one branch-free pass, one check.
 void expect_perm_in_range(const int64_t* perm, int64_t nnz, int64_t n_values) {
   bool ok = true;
@@ -81,13 +95,11 @@ void expect_in_bounds(const py::array_t<int64_t>& indptr, const py::array_t<int3
 
 void spmm_py(py::handle indptr_o, py::handle indices_o, py::handle values_o, py::handle perm_o,
              py::handle bias_o, py::handle x_o, py::handle y_o, int num_threads) {
-  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
-  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  auto [indptr, indices, rows] = checked_pattern(indptr_o, indices_o);
   auto values = checked<float>(values_o, "values", 1);
   auto x = checked<float>(x_o, "x", 2);
   auto y = checked<float>(y_o, "out", 2, true);
-  expect_pattern(indptr, indices);
-  const int64_t rows = indptr.shape(0) - 1, nnz = indices.shape(0);
+  const int64_t nnz = indices.shape(0);
   SpmmArgs a{};
   a.indptr = indptr.data();
   a.indices = indices.data();
@@ -122,13 +134,10 @@ void spmm_py(py::handle indptr_o, py::handle indices_o, py::handle values_o, py:
 
 void sddmm_py(py::handle indptr_o, py::handle indices_o, py::handle dy_o, py::handle x_o,
               py::handle out_o, int num_threads) {
-  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
-  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  auto [indptr, indices, rows] = checked_pattern(indptr_o, indices_o);
   auto dy = checked<float>(dy_o, "dy", 2);
   auto x = checked<float>(x_o, "x", 2);
   auto out = checked<float>(out_o, "out", 1, true);
-  expect_pattern(indptr, indices);
-  const int64_t rows = indptr.shape(0) - 1;
   expect(dy.shape(0) == rows, "dy must have one row per pattern row");
   expect(dy.shape(1) == x.shape(1), "dy and x must have the same batch length");
   expect(out.shape(0) == indices.shape(0), "out must have one entry per nonzero");
@@ -141,13 +150,10 @@ void sddmm_py(py::handle indptr_o, py::handle indices_o, py::handle dy_o, py::ha
 
 void spmv_transposed_py(py::handle indptr_o, py::handle indices_o, py::handle values_o,
                         py::handle x_o, py::handle y_o, int num_threads) {
-  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
-  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  auto [indptr, indices, rows] = checked_pattern(indptr_o, indices_o);
   auto values = checked<float>(values_o, "values", 1);
   auto x = checked<float>(x_o, "x", 1);
   auto y = checked<float>(y_o, "out", 1, true);
-  expect_pattern(indptr, indices);
-  const int64_t rows = indptr.shape(0) - 1;
   expect(values.shape(0) == indices.shape(0), "values must have one entry per nonzero");
   expect(x.shape(0) == rows, "x must have one entry per pattern row");
   expect_in_bounds(indptr, indices, y.shape(0));
