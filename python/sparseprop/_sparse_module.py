@@ -185,49 +185,57 @@ class SparseWeightModule(nn.Module):
         check_state_dict(self, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def check_state(self, state_dict: Mapping[str, Any], prefix: str = "",
-                    strict: bool = True) -> Optional[CSRPattern]:
+    def check_state(self, state_dict: Mapping[str, Any], prefix: str = "") -> Optional[CSRPattern]:
         """Check this layer's entries of ``state_dict`` (keys ``prefix + name``) without
         changing anything; ValueError naming the key otherwise. Returns the pattern they
         hold, or None if they hold none (then ``values``, if given, must fit the current one).
 
         A pattern is ``indptr`` and ``indices`` together, with ``values`` for its
-        nonzeros: without ``values`` (allowed only with ``strict=False``) it must be the
-        current pattern, since the current values would not fit any other."""
+        nonzeros; without ``values`` it must be the current pattern, since the current
+        values would not fit any other. Keys absent altogether are left to the caller's
+        ``strict`` (torch reports them after loading, :func:`check_state_dict` before)."""
         where = self._where(prefix)
+        given = self._given_entries(state_dict, prefix, where)
+        pattern = self._given_pattern(given, prefix, where)
+        nnz = self.nnz if pattern is None else pattern.nnz
+        if "values" in given and tuple(given["values"].shape) != (nnz,):
+            raise ValueError(f"{where}: values has shape {tuple(given['values'].shape)} but the "
+                             f"pattern has {nnz} nonzeros")
+        if pattern is not None and "values" not in given and not _same_pattern(pattern, self.pattern):
+            raise ValueError(f"{where}: '{prefix}values' is missing; the current values do not "
+                             f"fit the new pattern")
+        return pattern
+
+    def _given_entries(self, state_dict, prefix: str, where: str) -> dict:
+        """This layer's entries in ``state_dict``, by name, each a real tensor that fits
+        (pattern and values shapes are checked against the pattern, not here)."""
         own = self._own_state()
         given = {name: state_dict[prefix + name] for name in own if prefix + name in state_dict}
         for name, value in given.items():
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"{where}: '{prefix}{name}' is a {type(value).__name__}, "
                                  f"expected a tensor")
+            if value.is_complex() or value.device.type == "meta":
+                raise ValueError(f"{where}: '{prefix}{name}' is a {value.dtype} tensor on "
+                                 f"{value.device}, expected real numbers")
+            shape = tuple(own[name].shape)
+            if name not in PATTERN_BUFFERS + ("values",) and tuple(value.shape) != shape:
+                raise ValueError(f"{where}: '{prefix}{name}' has shape {tuple(value.shape)}, "
+                                 f"expected {shape}")
+        return given
+
+    def _given_pattern(self, given: dict, prefix: str, where: str) -> Optional[CSRPattern]:
         present = [n for n in PATTERN_BUFFERS if n in given]
+        if not present:
+            return None
         if len(present) == 1:
             missing = next(n for n in PATTERN_BUFFERS if n not in given)
             raise ValueError(f"{where}: '{prefix}{present[0]}' is given without "
                              f"'{prefix}{missing}'; a pattern needs both")
-        pattern = None
-        if present:
-            try:
-                pattern = CSRPattern(given["indptr"], given["indices"], self.pattern_shape)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{where}: {err}") from None
-        nnz = self.nnz if pattern is None else pattern.nnz
-        if "values" in given and tuple(given["values"].shape) != (nnz,):
-            raise ValueError(f"{where}: values has shape {tuple(given['values'].shape)} but the "
-                             f"pattern has {nnz} nonzeros")
-        if pattern is not None and "values" not in given and \
-                (strict or not _same_pattern(pattern, self.pattern)):
-            raise ValueError(f"{where}: '{prefix}values' is missing; the current values do not "
-                             f"fit the new pattern")
-        for name, value in given.items():
-            mine = own[name]
-            if name in PATTERN_BUFFERS or name == "values":
-                continue
-            if tuple(value.shape) != tuple(mine.shape) or value.is_complex():
-                raise ValueError(f"{where}: '{prefix}{name}' has shape {tuple(value.shape)} "
-                                 f"({value.dtype}), expected {tuple(mine.shape)}")
-        return pattern
+        try:
+            return CSRPattern(given["indptr"], given["indices"], self.pattern_shape)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
 
     def _where(self, prefix: str) -> str:
         return f"while loading '{prefix[:-1] or type(self).__name__}'"
@@ -241,14 +249,9 @@ class SparseWeightModule(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Everything is checked before the layer changes, so a bad entry leaves it as it was
-        # (torch would copy what is there and report a missing key only afterwards).
-        pattern = self.check_state(state_dict, prefix, strict)
-        if strict:
-            keys = [prefix + name for name in self._own_state()]
-            missing = [k for k in keys if k not in state_dict]
-            if missing and len(missing) < len(keys):
-                raise ValueError(f"{self._where(prefix)}: missing key(s) {missing}")
+        # Everything given is checked before the layer changes, so a bad entry leaves it
+        # as it was. (torch passes strict=True here whatever the caller asked.)
+        pattern = self.check_state(state_dict, prefix)
         if pattern is not None:
             if self.values.shape != (pattern.nnz,):
                 self._replace_values(torch.zeros(pattern.nnz, dtype=torch.float32))

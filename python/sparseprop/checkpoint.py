@@ -180,7 +180,7 @@ def check_state_dict(model: nn.Module, state_dict, strict: bool = True) -> None:
             continue
         prefix = name + "." if name else ""
         sparse_keys.update(prefix + k for k in _SPARSE_KEYS)
-        module.check_state(state_dict, prefix, strict)
+        module.check_state(state_dict, prefix)
     errors = []
     if strict:
         metadata = getattr(state_dict, "_metadata", None) or {}
