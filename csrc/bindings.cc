@@ -347,6 +347,12 @@ void check_csr_py(py::handle indptr_o, py::handle indices_o, int64_t rows, int64
   if (!problem.empty()) throw py::value_error("invalid sparsity pattern: " + problem);
 }
 
+uint64_t pattern_checksum_py(py::handle indptr_o, py::handle indices_o) {
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto indices = checked<int32_t>(indices_o, "indices", 1);
+  return pattern_checksum(indptr.data(), indptr.shape(0), indices.data(), indices.shape(0));
+}
+
 py::tuple transpose_csr_py(py::handle indptr_o, py::handle indices_o, int64_t cols) {
   auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
   auto indices = checked<int32_t>(indices_o, "indices", 1);
@@ -423,6 +429,8 @@ PYBIND11_MODULE(_C, m) {
         "dst[p, y, x] = src[p, (y+top) % sh, (x+left) % sw, (y+top) // sh, (x+left) // sw]");
   m.def("check_csr", &check_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("rows"),
         py::arg("cols"), "Raise ValueError naming the first problem of an invalid CSR pattern");
+  m.def("pattern_checksum", &pattern_checksum_py, py::arg("indptr"), py::arg("indices"),
+        "A cheap position-dependent checksum of a CSR pattern, to notice in-place edits");
   m.def("transpose_csr", &transpose_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("cols"),
         "Return (t_indptr, t_indices, perm): the transposed pattern and where each value comes from");
   m.def("available_isas", &available_isas, "ISAs this build and CPU can run, best last");

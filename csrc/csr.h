@@ -22,6 +22,13 @@ std::string check_bounds(const int64_t* indptr, int64_t rows, const int32_t* ind
 void transpose_csr(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t cols,
                    int64_t* t_indptr, int32_t* t_indices, int64_t* perm);
 
+// A position-dependent checksum of a pattern's indptr and indices, cheap enough
+// to run on every call: the layers compare it with the value recorded when the
+// pattern was validated to notice edits that bypass torch's version counter
+// (.data, numpy views). Not cryptographic: any realistic edit changes it.
+uint64_t pattern_checksum(const int64_t* indptr, int64_t n_indptr, const int32_t* indices,
+                          int64_t nnz);
+
 // Splits rows [0, rows) into `parts` contiguous ranges of about equal cost,
 // counting each nonzero and a fixed overhead per row. bounds gets parts + 1 entries.
 void balance_rows(const int64_t* indptr, int64_t rows, int parts, int64_t* bounds);

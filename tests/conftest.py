@@ -24,6 +24,16 @@ KNOWN_ISAS = ("scalar", "avx2", "avx512", "neon")
 UNAVAILABLE_ISAS = [name for name in KNOWN_ISAS if name not in ISAS]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run only when asked for (``-m slow``): the default run is CI's."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def seeded_rng():
     """Every test starts from the same RNG state, so failures reproduce."""

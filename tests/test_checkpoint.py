@@ -200,7 +200,7 @@ TAMPERS = {
     "indptr-decreasing": (_tamper_indptr, ValueError, "'8'.*indptr"),
     "values-truncated": (_tamper_values_length, ValueError, "'8'.*values has shape"),
     "float-indices": (_tamper_float_indices, ValueError, "'8'.*integer"),
-    "missing-indptr": (_tamper_missing_indptr, ValueError, "'8'.*lacks"),
+    "missing-indptr": (_tamper_missing_indptr, ValueError, "'8'.*'8.indptr'"),
     "missing-key": (_tamper_missing_key, RuntimeError, "Missing key.*10.bias"),
     "unexpected-key": (_tamper_extra_key, RuntimeError, "Unexpected key.*10.extra"),
     "dense-shape": (_tamper_dense_shape, RuntimeError, "size mismatch for 10.weight"),

@@ -16,13 +16,14 @@ from ._backend import (  # noqa: E402
     use_isa,
     _apply_isa_env,
 )
-from ._workspace import empty_cache  # noqa: E402
+from ._workspace import cache_info, empty_cache, get_cache_limit, set_cache_limit  # noqa: E402
 from .csr import CSRPattern  # noqa: E402
 from .modules import SparseConv2d, SparseLinear  # noqa: E402
 from . import functional  # noqa: E402
 from .convert import ConversionReport, ModelSummary, densify, sparsify, summary  # noqa: E402
 from .optim_state import apply_masks, update_pattern  # noqa: E402
 from .checkpoint import (  # noqa: E402
+    check_state_dict,
     densify_state_dict,
     load_dense_state_dict,
     read_checkpoint,
@@ -36,12 +37,16 @@ __all__ = [
     "ConversionReport",
     "ModelSummary",
     "apply_masks",
+    "cache_info",
+    "check_state_dict",
     "densify",
     "densify_state_dict",
     "empty_cache",
+    "get_cache_limit",
     "load_dense_state_dict",
     "read_checkpoint",
     "safe_load_state_dict",
+    "set_cache_limit",
     "sparsify",
     "summary",
     "update_pattern",

@@ -3,7 +3,8 @@ buffers, pattern replacement and state_dict loading."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+import threading
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch import nn
 from .csr import CSRPattern, check_sparsity, nnz_for
 
 PATTERN_BUFFERS = ("indptr", "indices")
+_reinstall_lock = threading.Lock()  # the rare path of noticing a hand-edited pattern
 
 
 class SparseWeightModule(nn.Module):
@@ -25,8 +27,6 @@ class SparseWeightModule(nn.Module):
     """
 
     weight_shape: Tuple[int, ...]
-    # Buffers whose replacement or in-place change means the pattern changed.
-    _watched_buffers: Tuple[str, ...] = PATTERN_BUFFERS
 
     def _init_sparse(self, sparsity: float, bias: bool, generator: Optional[torch.Generator]) -> None:
         pattern = CSRPattern.random(*self.pattern_shape, check_sparsity(sparsity), generator)
@@ -104,24 +104,34 @@ class SparseWeightModule(nn.Module):
         self.register_buffer("indices", pattern.indices)
         self._pattern = pattern
         self._pattern_installed(pattern)
-        self._pattern_key = self._buffers_key()
 
     def _pattern_installed(self, pattern: CSRPattern) -> None:
         """Hook for subclasses: derive caches or buffers from a new pattern."""
 
-    def _buffers_key(self):
-        buffers = self._buffers
-        # Inference tensors have no version counter, but cannot be edited in place
-        # outside inference mode either.
-        return tuple((b.data_ptr(), -1 if b.is_inference() else b._version, b.shape)
-                     for b in (buffers[n] for n in self._watched_buffers))
-
     @property
     def pattern(self) -> CSRPattern:
-        """The validated pattern; re-checked if its buffers were changed by hand."""
-        if self._pattern_key != self._buffers_key():
-            self._install_pattern(CSRPattern(self.indptr, self.indices, self.pattern_shape))
-        return self._pattern
+        """The validated pattern. Checked on every use (two identity tests and a native
+        checksum): if the buffers were replaced or edited in place, even through
+        ``.data`` or numpy, they are validated again and everything derived is rebuilt."""
+        p = self._pattern
+        buffers = self._buffers
+        if buffers.get("indptr") is p.indptr and buffers.get("indices") is p.indices \
+                and p.is_current():
+            return p
+        return self._reinstall_from_buffers()
+
+    def _reinstall_from_buffers(self) -> CSRPattern:
+        with _reinstall_lock:
+            p = self._pattern
+            indptr, indices = (self._buffers.get(name) for name in PATTERN_BUFFERS)
+            if indptr is p.indptr and indices is p.indices and p.is_current():
+                return p  # another thread got here first
+            for name, buffer in zip(PATTERN_BUFFERS, (indptr, indices)):
+                if not isinstance(buffer, torch.Tensor):
+                    raise ValueError(f"{type(self).__name__}.{name} must be a tensor, got "
+                                     f"{type(buffer).__name__}")
+            self._install_pattern(CSRPattern(indptr, indices, self.pattern_shape))
+            return self._pattern
 
     # inspection -------------------------------------------------------------------------
     @property
@@ -167,26 +177,96 @@ class SparseWeightModule(nn.Module):
                 self.bias.copy_(bias.detach().float())
 
     # state_dict -------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, all-or-nothing: every entry is checked (see
+        :func:`sparseprop.safe_load_state_dict`) before anything is copied."""
+        from .checkpoint import check_state_dict
+
+        check_state_dict(self, state_dict, strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def check_state(self, state_dict: Mapping[str, Any], prefix: str = "") -> Optional[CSRPattern]:
+        """Check this layer's entries of ``state_dict`` (keys ``prefix + name``) without
+        changing anything; ValueError naming the key otherwise. Returns the pattern they
+        hold, or None if they hold none (then ``values``, if given, must fit the current one).
+
+        A pattern is ``indptr`` and ``indices`` together, with ``values`` for its
+        nonzeros; without ``values`` it must be the current pattern, since the current
+        values would not fit any other. Keys absent altogether are left to the caller's
+        ``strict`` (torch reports them after loading, :func:`check_state_dict` before)."""
+        where = self._where(prefix)
+        given = self._given_entries(state_dict, prefix, where)
+        pattern = self._given_pattern(given, prefix, where)
+        nnz = self.nnz if pattern is None else pattern.nnz
+        if "values" in given and tuple(given["values"].shape) != (nnz,):
+            raise ValueError(f"{where}: values has shape {tuple(given['values'].shape)} but the "
+                             f"pattern has {nnz} nonzeros")
+        if pattern is not None and "values" not in given and not _same_pattern(pattern, self.pattern):
+            raise ValueError(f"{where}: '{prefix}values' is missing; the current values do not "
+                             f"fit the new pattern")
+        return pattern
+
+    def _given_entries(self, state_dict, prefix: str, where: str) -> dict:
+        """This layer's entries in ``state_dict``, by name, each a real tensor that fits
+        (pattern and values shapes are checked against the pattern, not here)."""
+        own = self._own_state()
+        given = {name: state_dict[prefix + name] for name in own if prefix + name in state_dict}
+        for name, value in given.items():
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{where}: '{prefix}{name}' is a {type(value).__name__}, "
+                                 f"expected a tensor")
+            if value.is_complex() or value.device.type == "meta":
+                raise ValueError(f"{where}: '{prefix}{name}' is a {value.dtype} tensor on "
+                                 f"{value.device}, expected real numbers")
+            shape = tuple(own[name].shape)
+            if name not in PATTERN_BUFFERS + ("values",) and tuple(value.shape) != shape:
+                raise ValueError(f"{where}: '{prefix}{name}' has shape {tuple(value.shape)}, "
+                                 f"expected {shape}")
+        return given
+
+    def _given_pattern(self, given: dict, prefix: str, where: str) -> Optional[CSRPattern]:
+        present = [n for n in PATTERN_BUFFERS if n in given]
+        if not present:
+            return None
+        if len(present) == 1:
+            missing = next(n for n in PATTERN_BUFFERS if n not in given)
+            raise ValueError(f"{where}: '{prefix}{present[0]}' is given without "
+                             f"'{prefix}{missing}'; a pattern needs both")
+        try:
+            return CSRPattern(given["indptr"], given["indices"], self.pattern_shape)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    def _where(self, prefix: str) -> str:
+        return f"while loading '{prefix[:-1] or type(self).__name__}'"
+
+    def _own_state(self) -> dict:
+        """What this layer itself puts in a state dict (not its submodules), by name."""
+        own = {k: v for k, v in self._parameters.items() if v is not None}
+        own.update((k, v) for k, v in self._buffers.items()
+                   if v is not None and k not in self._non_persistent_buffers_set)
+        return own
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        keys = [prefix + n for n in PATTERN_BUFFERS]
-        if all(k in state_dict for k in keys):
-            # Validate everything before touching the module, so a bad checkpoint
-            # leaves it as it was.
-            where = f"while loading '{prefix or type(self).__name__}'"
-            try:
-                pattern = CSRPattern(state_dict[keys[0]], state_dict[keys[1]], self.pattern_shape)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{where}: {err}") from None
-            values = state_dict.get(prefix + "values")
-            if values is not None and tuple(values.shape) != (pattern.nnz,):
-                raise ValueError(f"{where}: values has shape {tuple(values.shape)} but the "
-                                 f"pattern has {pattern.nnz} nonzeros")
+        # Everything given is checked before the layer changes, so a bad entry leaves it
+        # as it was. (torch passes strict=True here whatever the caller asked.)
+        pattern = self.check_state(state_dict, prefix)
+        if pattern is not None:
             if self.values.shape != (pattern.nnz,):
                 self._replace_values(torch.zeros(pattern.nnz, dtype=torch.float32))
             self._install_pattern(pattern)
+            # torch copies (or assigns) the pattern entries: give it the validated private
+            # copies just installed, never the caller's tensors.
+            state_dict = dict(state_dict)
+            for name in PATTERN_BUFFERS:
+                state_dict[prefix + name] = self._buffers[name]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+def _same_pattern(a: CSRPattern, b: CSRPattern) -> bool:
+    return a.shape == b.shape and torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices)
 
 
 def reset_grad_accumulator(param: torch.Tensor) -> None:

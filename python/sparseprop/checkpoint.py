@@ -6,8 +6,10 @@ into any model of the same architecture with sparse layers at the same places (t
 patterns are replaced). These helpers cover the rest:
 
 * :func:`densify_state_dict` / :func:`load_dense_state_dict`: into a dense model;
-* :func:`safe_load_state_dict`: validate everything first, so a truncated or tampered
-  checkpoint raises without changing any layer.
+* :func:`safe_load_state_dict`: validate everything first (:func:`check_state_dict`), so a
+  truncated or tampered checkpoint raises without changing any layer. A sparse layer's own
+  ``load_state_dict`` does the same; inside a larger model's ``load_state_dict`` each
+  sparse layer is still checked in full before it changes.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch import nn
 from ._sparse_module import PATTERN_BUFFERS, SparseWeightModule
 from .csr import CSRPattern
 
-__all__ = ["densify_state_dict", "load_dense_state_dict", "read_checkpoint",
+__all__ = ["check_state_dict", "densify_state_dict", "load_dense_state_dict", "read_checkpoint",
            "safe_load_state_dict", "sparse_prefixes"]
 
 _SPARSE_KEYS = ("values",) + PATTERN_BUFFERS
@@ -148,17 +150,27 @@ def safe_load_state_dict(model: nn.Module, state_dict, strict: bool = True):
     ``state_dict`` may also be a path or file object, read with :func:`read_checkpoint`.
 
     ``load_state_dict`` copies module by module, so a bad entry in one layer used to leave
-    the layers before it already overwritten. This checks first, for the whole model:
-
-    * every sparse layer's ``indptr`` / ``indices`` form a valid pattern of the layer's
-      shape and ``values`` has one entry per nonzero (ValueError);
-    * with ``strict``, no key is missing or unexpected (RuntimeError, as load_state_dict);
-    * every other tensor has the shape of the model's (RuntimeError).
-
-    and only then loads. Returns ``load_state_dict``'s ``(missing_keys, unexpected_keys)``.
+    the layers before it already overwritten. This checks the whole model first (see
+    :func:`check_state_dict`) and only then loads. Returns ``load_state_dict``'s
+    ``(missing_keys, unexpected_keys)``.
     """
     if isinstance(state_dict, (str, os.PathLike)) or hasattr(state_dict, "read"):
         state_dict = read_checkpoint(state_dict)
+    check_state_dict(model, state_dict, strict)
+    return nn.Module.load_state_dict(model, state_dict, strict=strict)
+
+
+def check_state_dict(model: nn.Module, state_dict, strict: bool = True) -> None:
+    """Raise unless ``model.load_state_dict(state_dict, strict)`` would load every entry:
+
+    * every sparse layer's entries pass its ``check_state``: ``indptr`` / ``indices``
+      together, a valid pattern of the layer's shape, ``values`` with one entry per
+      nonzero, every entry a tensor (ValueError naming the key);
+    * with ``strict``, no key is missing or unexpected (RuntimeError, as load_state_dict);
+    * every other entry is a tensor of the model's shape (RuntimeError).
+
+    Nothing is changed.
+    """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
     current = model.state_dict(keep_vars=True)
@@ -168,14 +180,7 @@ def safe_load_state_dict(model: nn.Module, state_dict, strict: bool = True):
             continue
         prefix = name + "." if name else ""
         sparse_keys.update(prefix + k for k in _SPARSE_KEYS)
-        present = [k for k in PATTERN_BUFFERS if prefix + k in state_dict]
-        if not present:
-            continue
-        where = f"while loading '{name or type(module).__name__}'"
-        if len(present) != len(PATTERN_BUFFERS):
-            missing = [prefix + k for k in PATTERN_BUFFERS if prefix + k not in state_dict]
-            raise ValueError(f"{where}: the checkpoint lacks {missing}")
-        _pattern_from(state_dict, prefix, tuple(module.weight_shape), where)
+        module.check_state(state_dict, prefix)
     errors = []
     if strict:
         metadata = getattr(state_dict, "_metadata", None) or {}
@@ -201,4 +206,3 @@ def safe_load_state_dict(model: nn.Module, state_dict, strict: bool = True):
     if errors:
         raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__} "
                            f"(nothing was loaded):\n\t" + "\n\t".join(errors))
-    return model.load_state_dict(state_dict, strict=strict)

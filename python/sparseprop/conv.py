@@ -21,9 +21,12 @@ innermost:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -307,6 +310,7 @@ class _SparseConv2dFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         pattern, spec, plan = ctx.pattern, ctx.spec, ctx.plan
+        pattern.expect_current()  # the plan was built from the pattern the forward saw
         xp, values = ctx.saved_tensors
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
         threads = get_num_threads()
@@ -343,8 +347,56 @@ class _SparseConv2dFn(torch.autograd.Function):
         return grad_x, grad_values, grad_bias, None, None, None
 
 
+class PlanCache:
+    """A layer's index plans by input shape, for one pattern: least recently used
+    first out beyond ``capacity``, safe to share between threads.
+
+    A plan derives from the pattern it was built for, so asking with another
+    pattern object drops every plan (the layer's pattern changed)."""
+
+    def __init__(self, capacity: int = _MAX_CACHED_PLANS) -> None:
+        self.capacity = capacity
+        self._plans: "OrderedDict[tuple, object]" = OrderedDict()
+        self._pattern: Optional[CSRPattern] = None
+        self._lock = threading.Lock()
+
+    def get(self, pattern: CSRPattern, key: tuple, build: Callable[[], object]):
+        """The plan for ``key`` under ``pattern``, built (outside the lock) if missing."""
+        with self._lock:
+            if self._pattern is not pattern:
+                self._plans.clear()
+                self._pattern = pattern
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = build()
+        with self._lock:
+            if self._pattern is pattern:
+                self._plans[key] = plan
+                self._plans.move_to_end(key)
+                while len(self._plans) > self.capacity:
+                    self._plans.popitem(last=False)
+        return plan
+
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+            self._pattern = None
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def __iter__(self) -> Iterator[tuple]:
+        with self._lock:
+            return iter(list(self._plans))
+
+    def __reduce__(self):
+        return (PlanCache, (self.capacity,))  # copies start empty (and get their own lock)
+
+
 def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern, values: torch.Tensor,
-                       bias: Optional[torch.Tensor], plans: Optional[Dict] = None) -> torch.Tensor:
+                       bias: Optional[torch.Tensor], plans: Optional["PlanCache"] = None) -> torch.Tensor:
     """Convolution with a validated spec; ``plans`` caches index plans per input shape."""
     check_float32_cpu(input, "input")
     check_float32_cpu(values, "values")
@@ -378,17 +430,9 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
     if n == 0:
         raise ValueError("SparseConv2d needs a non-empty batch")
     strategy = pick_strategy(spec, n, output_size(spec, h, w, pads)[1])
-    key = (strategy, n, h, w, pads)
-    plan = plans.get(key) if plans is not None else None
-    if plan is None:
-        if strategy == "width":
-            plan = make_width_plan(spec, pattern, n, h, w, pads)
-        else:
-            plan = make_plan(spec, pattern, n, h, w, pads)
-        if plans is not None:
-            if len(plans) >= _MAX_CACHED_PLANS:
-                plans.pop(next(iter(plans)))
-            plans[key] = plan
+    build = functools.partial(make_width_plan if strategy == "width" else make_plan,
+                              spec, pattern, n, h, w, pads)
+    plan = build() if plans is None else plans.get(pattern, (strategy, n, h, w, pads), build)
     values = values.contiguous()
     bias = None if bias is None else bias.contiguous()
     if strategy == "width":

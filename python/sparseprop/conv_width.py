@@ -131,6 +131,7 @@ class _SparseConv2dWidthFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         pattern, plan, c = ctx.pattern, ctx.plan, ctx.channels
+        pattern.expect_current()  # the plan was built from the pattern the forward saw
         xp, values = ctx.saved_tensors
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
         threads = get_num_threads()

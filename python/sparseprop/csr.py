@@ -36,25 +36,51 @@ class CSRPattern:
     row) are validated on construction. The transposed pattern used by the input
     gradient (``t_indptr``, ``t_indices``, and ``t_perm``: where each transposed
     nonzero sits in the values array) is computed on first use.
+
+    The arrays are private copies owned by numpy (the tensors are views of them),
+    so the kernels' pointers stay valid even if a tensor's storage is swapped.
+    A checksum taken at validation tells whether they were edited in place since
+    (see :meth:`is_current`); derived data is only ever used while it matches.
     """
 
-    __slots__ = ("rows", "cols", "indptr", "indices", "_t", "_np", "_t_np")
+    __slots__ = ("rows", "cols", "indptr", "indices", "_t", "_np", "_t_np", "_sum", "_ptrs")
 
-    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, shape: Tuple[int, int],
-                 *, transposed: Optional[Tuple[torch.Tensor, ...]] = None) -> None:
+    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, shape: Tuple[int, int]) -> None:
         rows, cols = int(shape[0]), int(shape[1])
         if rows < 0 or cols < 0:
             raise ValueError(f"pattern shape must be non-negative, got {shape}")
         if cols > INDEX_LIMIT:
             raise ValueError(f"at most {INDEX_LIMIT} columns are supported, got {cols}")
         self.rows, self.cols = rows, cols
-        self.indptr = _as_index(indptr, torch.int64, "indptr")
-        self.indices = _as_index(indices, torch.int32, "indices", upper=INDEX_LIMIT)
-        _C.check_csr(self.indptr.numpy(), self.indices.numpy(), rows, cols)
-        self._np = (self.indptr.numpy(), self.indices.numpy())
+        self._own(_as_index(indptr, torch.int64, "indptr"),
+                  _as_index(indices, torch.int32, "indices", upper=INDEX_LIMIT))
+
+    def _own(self, indptr: np.ndarray, indices: np.ndarray) -> None:
+        """Take private arrays (see _as_index), validate them, reset what derives from them."""
+        _C.check_csr(indptr, indices, self.rows, self.cols)
+        self._np = (indptr, indices)
+        self.indptr, self.indices = torch.from_numpy(indptr), torch.from_numpy(indices)
+        self._ptrs = (self.indptr.data_ptr(), self.indices.data_ptr())
+        self._sum = _C.pattern_checksum(indptr, indices)
         self._t = self._t_np = None
-        if transposed is not None:
-            self._t = tuple(t.contiguous() for t in transposed)
+
+    # in-place edits -------------------------------------------------------------------
+    def is_current(self) -> bool:
+        """Whether ``indptr`` / ``indices`` still hold what was validated: same storage,
+        same contents (a native O(rows + nnz) checksum, which also sees writes through
+        ``.data`` or numpy views that torch's version counter misses)."""
+        return ((self.indptr.data_ptr(), self.indices.data_ptr()) == self._ptrs
+                and _C.pattern_checksum(*self._np) == self._sum)
+
+    def expect_current(self) -> None:
+        """Raise RuntimeError if the pattern was edited in place since it was validated:
+        a computation begun on the old pattern (a forward pass whose backward is pending,
+        a cached plan) would otherwise mix the two."""
+        if not self.is_current():
+            raise RuntimeError("the sparsity pattern (indptr/indices) was edited in place after "
+                               "it was validated (e.g. between a forward pass and its backward); "
+                               "its derived data would be stale. Change patterns between steps, "
+                               "with set_pattern / sparseprop.update_pattern")
 
     # construction -----------------------------------------------------------------
     @classmethod
@@ -115,6 +141,7 @@ class CSRPattern:
     @property
     def transposed(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(t_indptr, t_indices, t_perm)``: the pattern of the transpose."""
+        self.expect_current()
         if self._t is None:
             t_indptr, t_indices, perm = _C.transpose_csr(*self._np, self.cols)
             self._t = (torch.from_numpy(t_indptr), torch.from_numpy(t_indices),
@@ -126,9 +153,11 @@ class CSRPattern:
         return self._np
 
     def transposed_numpy(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``transposed`` as numpy views."""
+        """``transposed`` as numpy views (checked against in-place edits, like ``transposed``)."""
         if self._t_np is None:
             self._t_np = tuple(t.numpy() for t in self.transposed)
+        else:
+            self.expect_current()
         return self._t_np
 
     # dense conversions -----------------------------------------------------------------
@@ -151,21 +180,21 @@ class CSRPattern:
         return self.to_dense(torch.ones(self.nnz)).bool()
 
     def __getstate__(self):
+        # The transposed pattern is derived data: re-derived after unpickling rather
+        # than trusted.
         return {"rows": self.rows, "cols": self.cols, "indptr": self.indptr,
-                "indices": self.indices, "transposed": self._t}
+                "indices": self.indices}
 
     def __setstate__(self, state):
         self.rows, self.cols = state["rows"], state["cols"]
-        self.indptr, self.indices, self._t = state["indptr"], state["indices"], state["transposed"]
-        _C.check_csr(self.indptr.numpy(), self.indices.numpy(), self.rows, self.cols)
-        self._np = (self.indptr.numpy(), self.indices.numpy())
-        self._t_np = None
+        self._own(_as_index(state["indptr"], torch.int64, "indptr"),
+                  _as_index(state["indices"], torch.int32, "indices", upper=INDEX_LIMIT))
 
     def __repr__(self) -> str:
         return f"CSRPattern(shape={self.shape}, nnz={self.nnz}, sparsity={self.sparsity:.4f})"
 
 
-def _as_index(t: torch.Tensor, dtype: torch.dtype, name: str, upper: Optional[int] = None) -> torch.Tensor:
+def _as_index(t: torch.Tensor, dtype: torch.dtype, name: str, upper: Optional[int] = None) -> np.ndarray:
     if not isinstance(t, torch.Tensor):
         array = np.asarray(t)
         if array.size == 0:
@@ -182,5 +211,6 @@ def _as_index(t: torch.Tensor, dtype: torch.dtype, name: str, upper: Optional[in
         if upper is not None and t.numel() and (int(t.max()) > upper or int(t.min()) < -upper):
             raise ValueError(f"{name} has values outside the int32 range")
         t = t.to(dtype)
-    # A private copy: later edits to the caller's tensor cannot bypass validation.
-    return t.detach().clone(memory_format=torch.contiguous_format)
+    # A private copy owned by numpy: later edits to the caller's tensor cannot bypass
+    # validation, and swapping a tensor's storage cannot free what the kernels read.
+    return np.array(t.detach().contiguous().numpy(), copy=True)

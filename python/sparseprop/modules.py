@@ -7,13 +7,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._sparse_module import PATTERN_BUFFERS, SparseWeightModule
-from .conv import ConvSpec, sparse_conv2d_spec
+from ._sparse_module import SparseWeightModule
+from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
 from .functional import check_float32_cpu, sparse_linear
-
-_TRANSPOSED_BUFFERS = ("t_indptr", "t_indices", "t_perm")
-
 
 def _check_factory_kwargs(cls_name: str, device, dtype) -> None:
     if device is not None and torch.device(device).type != "cpu":
@@ -33,9 +30,10 @@ class SparseLinear(SparseWeightModule):
 
     The nonzero weights are one 1-D parameter, ``values``; the pattern lives in
     the buffers ``indptr`` (int64) and ``indices`` (int32), which are saved in
-    ``state_dict``. The transposed pattern used by the input gradient is kept in
-    non-persistent buffers and rebuilt whenever the pattern changes. Pruned
-    weights do not exist, so no optimizer can make them nonzero.
+    ``state_dict``. The transposed pattern used by the input gradient is derived
+    data of the pattern (``layer.pattern.transposed``), rebuilt whenever the
+    pattern changes. Pruned weights do not exist, so no optimizer can make them
+    nonzero.
 
     Args:
         in_features, out_features: as for ``nn.Linear``.
@@ -45,8 +43,6 @@ class SparseLinear(SparseWeightModule):
 
     Inputs of shape (*, in_features), float32, on the CPU.
     """
-
-    _watched_buffers = PATTERN_BUFFERS + _TRANSPOSED_BUFFERS
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  sparsity: float = 0.9, *, generator: Optional[torch.Generator] = None,
@@ -79,10 +75,6 @@ class SparseLinear(SparseWeightModule):
         """An ``nn.Linear`` with the same outputs (zeros where the pattern has none)."""
         return self._copy_dense_into(nn.Linear(self.in_features, self.out_features,
                                                bias=self.bias is not None))
-
-    def _pattern_installed(self, pattern: CSRPattern) -> None:
-        for name, tensor in zip(_TRANSPOSED_BUFFERS, pattern.transposed):
-            self.register_buffer(name, tensor, persistent=False)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -123,7 +115,7 @@ class SparseConv2d(SparseWeightModule):
         self.kernel_size, self.stride, self.dilation = s.kernel_size, s.stride, s.dilation
         self.padding, self.groups, self.padding_mode = s.padding, s.groups, s.padding_mode
         self.weight_shape = (s.out_channels, s.in_channels // s.groups) + s.kernel_size
-        self._plans = {}
+        self._plans = PlanCache()
         self._init_sparse(sparsity, bias, generator)
 
     @classmethod
@@ -146,11 +138,11 @@ class SparseConv2d(SparseWeightModule):
         return self._copy_dense_into(dense)
 
     def _pattern_installed(self, pattern: CSRPattern) -> None:
-        self._plans = {}  # index plans depend on the pattern
+        self._plans.clear()  # index plans depend on the pattern
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._plans = {}
+        self._plans = PlanCache()
 
     def extra_repr(self) -> str:
         s = self.spec

@@ -177,10 +177,45 @@ void run_offsets_case(const std::string& isa, int64_t rows, int64_t nnz_per_row,
   expect_close(dv, dv_ref, double(n * segments), "sddmm " + what);
 }
 
+// The checksum must see every kind of edit a valid pattern can undergo: a changed
+// index, a nonzero moved to another row (indptr), two entries swapped, and the
+// same words split differently between indptr and indices.
+void run_checksum_case(std::mt19937& rng) {
+  const Pattern p = random_pattern(40, 70, 0.2, rng);
+  const int64_t n_indptr = int64_t(p.indptr.size()), nnz = int64_t(p.indices.size());
+  auto sum = [&](const std::vector<int64_t>& ip, const std::vector<int32_t>& ix) {
+    return pattern_checksum(ip.data(), int64_t(ip.size()), ix.data(), int64_t(ix.size()));
+  };
+  const uint64_t base = sum(p.indptr, p.indices);
+  int misses = 0;
+  if (sum(p.indptr, p.indices) != base) ++misses;  // deterministic
+  for (int64_t k = 0; k < nnz; ++k) {
+    std::vector<int32_t> changed = p.indices;
+    changed[k] += 1;
+    misses += sum(p.indptr, changed) == base;
+    if (k + 1 < nnz && p.indices[k] != p.indices[k + 1]) {
+      std::swap(changed[k], changed[k + 1]);
+      changed[k + 1] -= 1;  // undo the +1: a pure swap
+      misses += sum(p.indptr, changed) == base;
+    }
+  }
+  for (int64_t r = 1; r + 1 < n_indptr; ++r) {
+    std::vector<int64_t> moved = p.indptr;
+    moved[r] += 1;
+    misses += sum(moved, p.indices) == base;
+  }
+  misses += pattern_checksum(p.indptr.data(), n_indptr - 1, p.indices.data(), nnz) == base;
+  if (misses) {
+    std::printf("FAIL pattern_checksum: %d edits not noticed\n", misses);
+    ++failures;
+  }
+}
+
 }  // namespace
 
 int main() {
   std::mt19937 rng(1234);
+  run_checksum_case(rng);
   const int64_t shapes[][2] = {{1, 1}, {3, 5}, {17, 33}, {64, 48}, {100, 7}, {130, 257}};
   const double densities[] = {1.0, 0.5, 0.1, 0.01, 0.0};
   const int64_t batches[] = {0, 1, 3, 4, 7, 8, 15, 16, 17, 33, 64, 127, 129, 257, 300};
