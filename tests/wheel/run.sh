@@ -3,14 +3,15 @@
 # suite from a copy of tests/ only, so nothing from the source tree can be
 # imported: this tests what users get.
 #
-#   bash tests/wheel/run.sh [WHEEL]    # default: wheelhouse/*.whl (repaired), else dist/*.whl
+#   bash tests/wheel/run.sh [WHEEL]    # default: wheelhouse/*_$(uname -m).whl (repaired)
 #
 # Runs the whole suite with SPARSEPROP_ISA unset (every path the CPU has is
 # still forced in turn by the tests' `isa` fixture), then a small subset with
 # the import-time default forced to avx2 and to scalar.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-whl=${1:-$(ls "$root"/wheelhouse/*.whl "$root"/dist/*.whl 2>/dev/null | head -n 1 || true)}
+# Default: the repaired wheel for this machine's architecture (build.sh leaves one per arch).
+whl=${1:-$(ls "$root"/wheelhouse/*_"$(uname -m)".whl "$root"/dist/*/*_"$(uname -m)".whl 2>/dev/null | head -n 1 || true)}
 [ -n "$whl" ] && [ -f "$whl" ] || { echo "no wheel: run tests/wheel/build.sh first" >&2; exit 1; }
 whl=$(cd "$(dirname "$whl")" && pwd)/$(basename "$whl")
 SUBSET=${SPARSEPROP_WHEEL_SUBSET:-linear_grad and not hypothesis}
