@@ -21,7 +21,7 @@ def pool_small_buffers_too(monkeypatch):
     """The pool skips buffers under 64 KiB; these tests use small ones to check its rules."""
     monkeypatch.setattr(_workspace, "_SMALL", 0)
 
-from conftest import run_python
+from conftest import needs_plain_allocator, run_python
 
 MB = 2**20
 
@@ -206,6 +206,7 @@ print(json.dumps({{"growth": grown - start, "after_empty_cache": rss() - start}}
 """
 
 
+@needs_plain_allocator
 def test_rss_bounded_over_200_batch_sizes():
     """The issue's case: 200 distinct batch sizes through a 1024->1024 95%-sparse layer
     (forward and backward). Before the fix RSS grew by ~1.7 GB and empty_cache() kept it;
@@ -239,6 +240,7 @@ print(json.dumps({{"trace": trace}}))
 """
 
 
+@needs_plain_allocator
 def test_rss_flat_over_prune_regrow_cycles_with_adam():
     """50 prune/regrow cycles (a new nnz each time) with Adam state remapped: after a
     warm-up of 15 cycles RSS stays within 5 MB."""

@@ -27,6 +27,7 @@ from torch import nn
 
 import sparseprop
 from sparseprop import SparseLinear
+from conftest import UNDER_ASAN
 
 MB = 2**20
 SIZES = [(16, 48, 0.7), (48, 48, 0.8), (48, 8, 0.5)]  # (in, out, sparsity) per layer
@@ -170,7 +171,7 @@ def soak(steps: int, seed: int = 0, change_every: int = 50, checkpoint_every: in
 def test_soak_short():
     """CI variant: 3000 steps, 60 pattern changes, 30 checkpoint round trips."""
     result = soak(steps=3000)
-    assert result["rss_growth"] < 8 * MB, result
+    assert UNDER_ASAN or result["rss_growth"] < 8 * MB, result
 
 
 @pytest.mark.slow
