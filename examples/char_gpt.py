@@ -8,7 +8,7 @@ and batch order, is trained twice: dense, and with every attention and MLP proje
 its own process so its peak memory (max RSS) is its own. Prints tokens/s, the final training
 loss, the held-out loss and peak RSS for both, and the speedup.
 
-    python examples/char_gpt.py                   # ~1-2 minutes on 2 cores
+    python examples/char_gpt.py                   # under a minute on 2 quiet cores
     SPARSEPROP_ISA=avx2 python examples/char_gpt.py --threads 2
 """
 from __future__ import annotations

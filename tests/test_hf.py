@@ -173,3 +173,18 @@ def test_sparsify_returns_the_model():
     assert isinstance(report, sparseprop.ConversionReport) and report.converted == [""]
     assert isinstance(report.model, SparseLinear)
     assert sparseprop.densify(net) is net and isinstance(net[0], torch.nn.Linear)
+
+
+def test_pruners_find_sparse_conv1d_layers():
+    from sparseprop.pruning import MagnitudePruner
+
+    torch.manual_seed(0)
+    model = sparseprop.sparsify(_gpt2(), 0.8)  # Conv1D -> SparseConv1D, which pruners see
+    opt = torch.optim.AdamW(model.parameters())
+    MagnitudePruner(model, opt, sparsity=0.9)
+    for name, module in model.named_modules():
+        if isinstance(module, SparseConv1D):
+            assert abs(module.sparsity - 0.9) < 1e-2, name
+    ids = torch.randint(0, 32, (2, 8))
+    _out(model, ids).sum().backward()
+    opt.step()
