@@ -188,3 +188,16 @@ def test_pruners_find_sparse_conv1d_layers():
     ids = torch.randint(0, 32, (2, 8))
     _out(model, ids).sum().backward()
     opt.step()
+
+
+def test_from_pretrained_auto_class_and_shards(tmp_path):
+    torch.manual_seed(0)
+    model = sparseprop.sparsify(_llama().eval(), 0.9)
+    model.save_pretrained(tmp_path, max_shard_size="50KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    loaded = sparseprop.hf.from_pretrained(transformers.AutoModelForCausalLM, str(tmp_path))
+    assert type(loaded) is type(model)
+    assert isinstance(loaded.model.layers[1].mlp.down_proj, SparseLinear)
+    ids = torch.randint(1, 32, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(_out(loaded, ids), _out(model, ids))
