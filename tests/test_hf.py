@@ -164,17 +164,6 @@ def test_trainer_step_on_sparse_gpt2(tmp_path):
     assert not torch.equal(layer.values.detach(), before)
 
 
-def test_sparsify_returns_the_model():
-    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-    assert sparseprop.sparsify(net, 0.9) is net and isinstance(net[0], SparseLinear)
-    copied = sparseprop.sparsify(torch.nn.Linear(8, 8), 0.9, inplace=False)
-    assert isinstance(copied, SparseLinear)
-    report = sparseprop.sparsify(torch.nn.Linear(8, 8), 0.9, return_report=True)
-    assert isinstance(report, sparseprop.ConversionReport) and report.converted == [""]
-    assert isinstance(report.model, SparseLinear)
-    assert sparseprop.densify(net) is net and isinstance(net[0], torch.nn.Linear)
-
-
 def test_pruners_find_sparse_conv1d_layers():
     from sparseprop.pruning import MagnitudePruner
 
@@ -201,3 +190,12 @@ def test_from_pretrained_auto_class_and_shards(tmp_path):
     ids = torch.randint(1, 32, (2, 12))
     with torch.no_grad():
         assert torch.equal(_out(loaded, ids), _out(model, ids))
+
+
+def test_missing_dependency_is_a_clear_error(tmp_path, monkeypatch):
+    model = sparseprop.sparsify(_gpt2(), 0.9)
+    model.save_pretrained(tmp_path)
+    import sys
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(ImportError, match=r"sparseprop.hf needs safetensors"):
+        sparseprop.hf.from_pretrained(transformers.GPT2LMHeadModel, str(tmp_path))

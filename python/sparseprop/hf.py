@@ -44,8 +44,19 @@ def _weight_files(path: str) -> List[str]:
                             f"sparseprop.hf.from_pretrained reads local save_pretrained output")
 
 
+def _require(module: str):
+    """Import an optional dependency, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"sparseprop.hf needs {module.split('.')[0]}: "
+                          f"pip install transformers safetensors (or sparseprop[hf])") from e
+
+
 def _read_tensors(files: List[str]) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    load_file = _require("safetensors.torch").load_file
 
     tensors: Dict[str, torch.Tensor] = {}
     for f in files:
@@ -93,7 +104,7 @@ def from_pretrained(cls, path: str, **kwargs):
     if kwargs.pop("output_loading_info", False):
         raise ValueError("output_loading_info is not supported; sparse keys are checked here")
 
-    from transformers.utils import logging as hf_logging
+    hf_logging = _require("transformers.utils.logging")
 
     # transformers would list every sparse key as unexpected and every sparse layer's weight
     # as newly initialized; we check those ourselves and re-report everything else.
