@@ -199,3 +199,14 @@ def test_missing_dependency_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ImportError, match=r"sparseprop.hf needs safetensors"):
         sparseprop.hf.from_pretrained(transformers.GPT2LMHeadModel, str(tmp_path))
+
+
+def test_sparse_gpt2_state_dict_loads_into_dense_gpt2():
+    torch.manual_seed(0)
+    model = sparseprop.sparsify(_gpt2().eval(), 0.9)
+    dense = _gpt2().eval()  # other random weights, Conv1D layers (square c_proj included)
+    sparseprop.load_dense_state_dict(dense, model.state_dict())
+    assert type(dense.transformer.h[0].attn.c_proj) is Conv1D
+    ids = torch.randint(0, 32, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(_out(dense, ids), _out(model, ids), rtol=1e-5, atol=1e-6)
