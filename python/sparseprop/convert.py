@@ -1,7 +1,7 @@
 """Whole-model conversion: dense <-> sparse layers, and a per-layer memory summary.
 
-* :func:`sparsify` replaces ``nn.Linear`` / ``nn.Conv2d`` modules by ``SparseLinear`` /
-  ``SparseConv2d``, keeping the zeros they already have (including masks left by
+* :func:`sparsify` replaces ``nn.Linear`` / ``nn.Conv2d`` (and transformers' GPT-2
+  ``Conv1D``) modules by ``SparseLinear`` / ``SparseConv2d`` (``SparseConv1D``), keeping the zeros they already have (including masks left by
   ``torch.nn.utils.prune``) or pruning them to a target sparsity by magnitude, optionally
   only where the sparse layer is measurably faster on a sample input.
 * :func:`densify` turns every sparse layer back into its dense twin (identical outputs).
@@ -210,7 +210,8 @@ def _select_names(names: NamesArg, occurrences, types) -> Optional[set]:
 # reports
 # ----------------------------------------------------------------------------------------
 class ConversionReport(list):
-    """What :func:`sparsify` did: one dict per candidate layer, in model order.
+    """What :func:`sparsify` did (``sparsify(..., return_report=True)``): one dict per
+    candidate layer, in model order.
 
     Keys: ``layer`` (qualified name), ``type``, ``shape`` (dense weight shape),
     ``sparsity`` and ``nnz`` (of the pattern the sparse layer has or would have),
