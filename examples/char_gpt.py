@@ -4,9 +4,10 @@ The text is the source of the standard library (``*.py`` beside the ``os`` modul
 with every Python, so nothing is downloaded. The same model, from the same initialization
 and batch order, is trained twice: dense, and with every attention and MLP projection
 (qkv, out, fc1, fc2) pruned to ``--sparsity`` by magnitude at step 0 and trained as a
-``SparseLinear`` (embeddings, norms and the output head stay dense). Each variant runs in
-its own process so its peak memory (max RSS) is its own. Prints tokens/s, the final training
-loss, the held-out loss and peak RSS for both, and the speedup.
+``SparseLinear`` (embeddings, norms and the output head stay dense). Both train in one process, alternating
+steps, so machine load hits them alike (tokens/s from the median step time); peak memory (max
+RSS) comes from a short separate run of each variant alone. Prints tokens/s, the final
+training loss, the held-out loss and peak RSS for both, and the speedup.
 
     python examples/char_gpt.py                   # under a minute on 2 quiet cores
     SPARSEPROP_ISA=avx2 python examples/char_gpt.py --threads 2
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -84,46 +86,73 @@ def batches(data: torch.Tensor, steps: int, batch: int, context: int, seed: int)
         yield chunk[:, :-1], chunk[:, 1:]
 
 
-def run_variant(args) -> dict:
-    """Train one variant in this process; returns its measurements."""
+def build(args, variant: str) -> nn.Module:
+    """The model, from seed ``args.seed``: dense, or with its projections made sparse."""
     import sparseprop
 
-    torch.set_num_threads(args.threads)
-    text = load_text(args.chars)
-    data = torch.tensor(list(text.encode("ascii")), dtype=torch.long)
-    split = int(0.9 * len(data))
-    train, val = data[:split], data[split:]
     torch.manual_seed(args.seed)
     model = CharGPT(128, args.d_model, args.layers, args.heads, args.context)
-    if args.variant == "sparse":
+    if variant == "sparse":
         model = sparseprop.sparsify(model, args.sparsity, names=PROJECTIONS)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    losses, timed, tokens = [], 0.0, 0
+    return model
+
+
+def load_data(args):
+    data = torch.tensor(list(load_text(args.chars).encode("ascii")), dtype=torch.long)
+    split = int(0.9 * len(data))
+    return data[:split], data[split:]
+
+
+def train_interleaved(args) -> dict:
+    """Train dense and sparse in this process, alternating steps (same batches), so a change
+    in machine load hits both alike; step time is the median over the timed steps."""
+    import sparseprop
+
+    train, val = load_data(args)
+    runs = {v: dict(model=build(args, v), losses=[], times=[]) for v in ("dense", "sparse")}
+    for run in runs.values():
+        run["opt"] = torch.optim.AdamW(run["model"].parameters(), lr=args.lr, weight_decay=0.01)
     for step, (x, y) in enumerate(batches(train, args.steps, args.batch, args.context, args.seed)):
-        start = time.perf_counter()
+        order = ("dense", "sparse") if step % 2 == 0 else ("sparse", "dense")
+        for variant in order:  # alternate who goes first
+            run = runs[variant]
+            start = time.perf_counter()
+            run["opt"].zero_grad(set_to_none=True)
+            loss = F.cross_entropy(run["model"](x).flatten(0, 1), y.flatten())
+            loss.backward()
+            run["opt"].step()
+            if step >= args.warmup:  # first steps pay for allocation and pattern setup
+                run["times"].append(time.perf_counter() - start)
+            run["losses"].append(loss.item())
+    out = {}
+    for variant, run in runs.items():
+        model = run["model"].eval()
+        with torch.no_grad():
+            val_losses = [F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+                          for x, y in batches(val, 8, args.batch, args.context, args.seed + 1)]
+        tail = run["losses"][-max(1, len(run["losses"]) // 5):]
+        out[variant] = dict(
+            tokens_per_s=args.batch * args.context / statistics.median(run["times"]),
+            train_loss=sum(tail) / len(tail), val_loss=sum(val_losses) / len(val_losses),
+            params=sum(p.numel() for p in model.parameters()))
+    out["isa"] = sparseprop.get_isa()
+    return out
+
+
+def peak_rss_mb(args, variant: str) -> float:
+    """Peak RSS of a short training run of one variant alone (``--mem-steps`` steps)."""
+    train, _ = load_data(args)
+    model = build(args, variant)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    for x, y in batches(train, args.mem_steps, args.batch, args.context, args.seed):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        loss.backward()
+        F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
         opt.step()
-        if step >= args.warmup:  # first steps pay for allocation and pattern setup
-            timed += time.perf_counter() - start
-            tokens += x.numel()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        val_losses = [F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
-                      for x, y in batches(val, 8, args.batch, args.context, args.seed + 1)]
-    tail = losses[-max(1, len(losses) // 5):]
-    return dict(variant=args.variant, isa=sparseprop.get_isa(), threads=args.threads,
-                tokens_per_s=tokens / timed if timed else float("nan"),
-                train_loss=sum(tail) / len(tail), val_loss=sum(val_losses) / len(val_losses),
-                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                params=sum(p.numel() for p in model.parameters()))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variant", choices=("both", "dense", "sparse"), default="both")
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
@@ -132,39 +161,46 @@ def parse(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=3, help="untimed first steps")
+    p.add_argument("--mem-steps", type=int, default=4,
+                   help="steps of the separate per-variant runs that measure peak RSS")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--chars", type=int, default=2_000_000, help="characters of text to use")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-of", choices=("dense", "sparse"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps <= args.warmup:
         p.error("--steps must exceed --warmup")
     if args.d_model % args.heads:
         p.error("--d-model must be a multiple of --heads")
-    return args, argv
+    if not 0.0 <= args.sparsity < 1.0:
+        p.error("--sparsity must be in [0, 1)")
+    return args
 
 
 def main(argv=None) -> None:
-    args, _ = parse(argv)
-    if args.variant != "both":
-        print(json.dumps(run_variant(args)))
-        return
     argv = list(sys.argv[1:] if argv is None else argv)
-    results = []
-    for variant in ("dense", "sparse"):  # one process each: peak RSS is per variant
-        out = subprocess.run([sys.executable, __file__, *argv, "--variant", variant],
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_of:  # child process: one variant alone, for its own peak RSS
+        print(json.dumps(dict(peak_rss_mb=peak_rss_mb(args, args.memory_of))))
+        return
+    rss = {}
+    for variant in ("dense", "sparse"):
+        out = subprocess.run([sys.executable, __file__, *argv, "--memory-of", variant],
                              check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    dense, sparse = results
+        rss[variant] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    res = train_interleaved(args)
     print(f"char GPT: d={args.d_model} layers={args.layers} context={args.context} "
-          f"batch={args.batch} steps={args.steps}; ISA {sparse['isa']}, {args.threads} threads")
+          f"batch={args.batch} steps={args.steps}; ISA {res['isa']}, {args.threads} threads")
     print(f"{'variant':10} {'params':>9} {'tokens/s':>10} {'train loss':>10} {'val loss':>9} "
           f"{'peak RSS':>9}")
-    for r in results:
-        label = r["variant"] if r["variant"] == "dense" else f"sparse {args.sparsity:g}"
+    for variant in ("dense", "sparse"):
+        r = res[variant]
+        label = variant if variant == "dense" else f"sparse {args.sparsity:g}"
         print(f"{label:10} {r['params']:>9} {r['tokens_per_s']:>10.0f} {r['train_loss']:>10.3f} "
-              f"{r['val_loss']:>9.3f} {r['peak_rss_mb']:>7.0f}MB")
-    speedup = sparse["tokens_per_s"] / dense["tokens_per_s"]
+              f"{r['val_loss']:>9.3f} {rss[variant]:>7.0f}MB")
+    speedup = res["sparse"]["tokens_per_s"] / res["dense"]["tokens_per_s"]
     print(f"sparse/dense tokens/s: {speedup:.2f}x (uniform-ln(128) loss is {math.log(128):.2f})")
 
 

@@ -9,7 +9,7 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "examples" / "char_gpt.py
 def test_char_gpt_runs_dense_and_sparse():
     out = subprocess.run([sys.executable, str(SCRIPT), "--steps", "3", "--warmup", "1",
                           "--d-model", "32", "--layers", "1", "--context", "16", "--batch", "4",
-                          "--chars", "20000", "--threads", "1"],
+                          "--chars", "20000", "--threads", "1", "--mem-steps", "2"],
                          check=True, capture_output=True, text=True, timeout=300).stdout
     lines = out.splitlines()
     dense = next(line for line in lines if line.startswith("dense"))
