@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import _C
+from ._version import __version__
 
 ISA_ENV_VAR = "SPARSEPROP_ISA"
 THREADING_ENV_VAR = "SPARSEPROP_THREADING"
@@ -68,7 +69,7 @@ def config() -> dict:
     """Everything :func:`show_config` prints, as a dict."""
     build = _C.build_info()
     return {
-        "version": _version(),
+        "version": __version__,
         "active_isa": get_isa(),
         "available_isas": available_isas(),
         "compiled_isas": list(build["compiled_isas"]),
@@ -104,12 +105,6 @@ def show_config() -> None:
         f"  torch {c['torch']}, numpy {c['numpy']}",
     ]
     print("\n".join(lines))
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _loaded_libgomp() -> Optional[str]:
@@ -154,7 +149,8 @@ def _setup_threading() -> str:
 _threading = "own thread pool"
 
 
-def _apply_isa_env() -> None:
+def apply_environment() -> None:
+    """At import: set up threading and apply SPARSEPROP_ISA (RuntimeError if unusable)."""
     global _threading
     _threading = _setup_threading()
     value = os.environ.get(ISA_ENV_VAR)

@@ -180,7 +180,7 @@ class SparseWeightModule(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``, all-or-nothing: every entry is checked (see
         :func:`sparseprop.safe_load_state_dict`) before anything is copied."""
-        from .checkpoint import check_state_dict
+        from .state_checks import check_state_dict
 
         check_state_dict(self, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
