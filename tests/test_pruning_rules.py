@@ -480,7 +480,7 @@ def _gmp_expected(t):
 def test_gmp_uniform_follows_schedule_and_masks_are_monotone():
     model = mlp((6, 16, 16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-    pruner = GradualMagnitudePruner(model, opt, final_sparsity=0.8, start_step=2, end_step=12,
+    pruner = GradualMagnitudePruner(model, opt, sparsity=0.8, start_step=2, end_step=12,
                                     frequency=3, sparse_from=None)
     numels = {"0": 96, "2": 256, "4": 48}
     hand = {2: 0.0, 5: 0.8 - 0.8 * 0.7 ** 3, 8: 0.8 - 0.8 * 0.4 ** 3, 11: 0.8 - 0.8 * 0.1 ** 3,
@@ -514,7 +514,7 @@ def test_gmp_global_reaches_target():
     with torch.no_grad():
         model[2].weight.mul_(0.2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    pruner = GradualMagnitudePruner(model, opt, final_sparsity=0.85, end_step=6, frequency=2,
+    pruner = GradualMagnitudePruner(model, opt, sparsity=0.85, end_step=6, frequency=2,
                                     scope="global", sparse_from=0.9)
     for x, y in batches(8):
         train_step(model, opt, x, y)
@@ -532,7 +532,7 @@ def test_gmp_global_reaches_target():
 def test_gmp_switches_to_sparse_and_keeps_training():
     model = mlp((6, 16, 16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    pruner = GradualMagnitudePruner(model, opt, final_sparsity=0.9, end_step=8, frequency=2,
+    pruner = GradualMagnitudePruner(model, opt, sparsity=0.9, end_step=8, frequency=2,
                                     sparse_from=0.5)
     for t, (x, y) in enumerate(batches(12), start=1):
         train_step(model, opt, x, y)
@@ -549,7 +549,7 @@ def test_gmp_switches_to_sparse_and_keeps_training():
 def test_gmp_leave_enabled_false_lifts_masks():
     model = mlp((6, 8, 8, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    pruner = GradualMagnitudePruner(model, opt, final_sparsity=0.75, end_step=4, frequency=2,
+    pruner = GradualMagnitudePruner(model, opt, sparsity=0.75, end_step=4, frequency=2,
                                     leave_enabled=False, sparse_from=0.5)
     data = batches(8)
     for t in range(1, 5):
@@ -574,7 +574,7 @@ def test_gmp_leave_enabled_false_lifts_masks():
 def test_gmp_leave_enabled_true_keeps_masks():
     model = mlp((6, 8, 8, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    pruner = GradualMagnitudePruner(model, opt, final_sparsity=0.75, end_step=4, frequency=2,
+    pruner = GradualMagnitudePruner(model, opt, sparsity=0.75, end_step=4, frequency=2,
                                     sparse_from=None)
     for x, y in batches(10):
         train_step(model, opt, x, y)
@@ -594,7 +594,7 @@ def _imp_model():
 def test_imp_rounds_rewind_and_reset():
     model = _imp_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    pruner = IterativeMagnitudePruner(model, opt, final_sparsity=0.875, rounds=3, round_length=4,
+    pruner = IterativeMagnitudePruner(model, opt, sparsity=0.875, rounds=3, round_length=4,
                                       rewind_step=1)
     data = batches(20, d_in=4, n_cls=4)
     saved = None
@@ -635,7 +635,7 @@ def test_imp_rounds_rewind_and_reset():
 def test_imp_without_optimizer_reset_and_uniform():
     model = _imp_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    pruner = IterativeMagnitudePruner(model, opt, final_sparsity=0.75, rounds=2, round_length=3,
+    pruner = IterativeMagnitudePruner(model, opt, sparsity=0.75, rounds=2, round_length=3,
                                       allocation="uniform", reset_optimizer=False, sparse_from=None)
     assert pruner.rewind_point is not None  # rewind_step 0: saved at creation
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -1024,7 +1024,7 @@ def test_adam_state_follows_dense_to_sparse_and_back():
     for x, y in data[:2]:
         train_step(model, opt, x, y)
     st = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
-    pruner = GradualMagnitudePruner(model, opt, final_sparsity=0.75, start_step=0, end_step=1,
+    pruner = GradualMagnitudePruner(model, opt, sparsity=0.75, start_step=0, end_step=1,
                                     leave_enabled=False, sparse_from=0.5)
     # t=0 applied sparsity 0 (nothing); step to t=1: 0.75 -> sparse
     old_w = model[0].weight
@@ -1056,7 +1056,7 @@ def test_adam_state_follows_dense_to_sparse_and_back():
 # --------------------------------------------------------------------------------------
 def test_epoch_unit():
     model = mlp((6, 8, 3))
-    pruner = GradualMagnitudePruner(model, final_sparsity=0.75, end_step=4, unit="epoch",
+    pruner = GradualMagnitudePruner(model, sparsity=0.75, end_step=4, unit="epoch",
                                     sparse_from=None)
     for _ in range(10):
         assert pruner.step() is False
@@ -1090,7 +1090,7 @@ def test_epoch_unit_step_still_enforces_masks():
 def test_history_records_changes():
     model = mlp((6, 16, 16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    pruner = GradualMagnitudePruner(model, opt, final_sparsity=0.8, start_step=2, end_step=12,
+    pruner = GradualMagnitudePruner(model, opt, sparsity=0.8, start_step=2, end_step=12,
                                     frequency=3, sparse_from=None)
     assert pruner.history == []
     for x, y in batches(14):
@@ -1130,7 +1130,7 @@ def test_history_of_one_shot_and_acdc():
 def _make_gmp(seed):
     model = mlp((6, 16, 16, 3), seed=seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    pruner = GradualMagnitudePruner(model, opt, final_sparsity=0.85, start_step=1, end_step=9,
+    pruner = GradualMagnitudePruner(model, opt, sparsity=0.85, start_step=1, end_step=9,
                                     frequency=2, sparse_from=0.5)
     return model, opt, pruner
 
@@ -1145,7 +1145,7 @@ def _make_rigl(seed):
 def _make_imp(seed):
     model = mlp((4, 8, 8, 4), seed=seed, bn=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    pruner = IterativeMagnitudePruner(model, opt, final_sparsity=0.875, rounds=3, round_length=3,
+    pruner = IterativeMagnitudePruner(model, opt, sparsity=0.875, rounds=3, round_length=3,
                                       rewind_step=1)
     return model, opt, pruner
 
@@ -1227,7 +1227,7 @@ def test_resume_in_memory_history_and_types():
 def test_granet_follows_schedule_with_regrowth():
     model = mlp((6, 16, 16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    pruner = GraNetPruner(model, opt, final_sparsity=0.8, end_step=8, frequency=2, alpha=0.3,
+    pruner = GraNetPruner(model, opt, sparsity=0.8, end_step=8, frequency=2, alpha=0.3,
                           allocation="uniform", sparse_from=None)
     numels = {"0": 96, "2": 256, "4": 48}
     hand = {0: 0.0, 2: 0.8 - 0.8 * 0.75 ** 3, 4: 0.8 - 0.8 / 8, 6: 0.8 - 0.8 / 64, 8: 0.8}
