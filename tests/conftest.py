@@ -20,7 +20,7 @@ from sparseprop import SparseLinear
 
 ISAS = sparseprop.available_isas()
 # Anything that the dispatcher knows by name but cannot run here (e.g. 'neon' on x86).
-KNOWN_ISAS = ("scalar", "avx2", "avx512", "neon")
+KNOWN_ISAS = tuple(sparseprop.known_isas())  # the extension's list
 UNAVAILABLE_ISAS = [name for name in KNOWN_ISAS if name not in ISAS]
 
 # Under AddressSanitizer (tests/cpp/run_sanitized.sh preloads it) freed memory sits in

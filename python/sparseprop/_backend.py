@@ -21,13 +21,36 @@ def available_isas() -> List[str]:
     return list(_C.available_isas())
 
 
+def known_isas() -> List[str]:
+    """Every ISA name the dispatcher knows on any platform (``scalar``, ``avx2``, ``avx512``,
+    ``neon``): the list lives in the extension (csrc/dispatch.cc), nowhere else."""
+    return list(_C.known_isas())
+
+
+def kernel_info() -> dict:
+    """The kernel registry as the extension reports it.
+
+    ``{"active_isa", "num_threads", "kernels"}``; ``kernels`` has one dict per compiled
+    ISA (best last): ``isa``, ``available`` (this CPU runs it), ``vector_width`` (floats
+    per SIMD register), ``spmm_block`` / ``sddmm_block`` (vectors per batch block of the
+    forward/input-gradient and weight-gradient kernels; a block covers
+    ``vector_width * block`` batch columns) and ``batch_tile`` (that product for SpMM).
+    """
+    kernels = []
+    for entry in _C.kernel_info():
+        entry = dict(entry)
+        entry["batch_tile"] = entry["vector_width"] * entry["spmm_block"]
+        kernels.append(entry)
+    return {"active_isa": get_isa(), "num_threads": get_num_threads(), "kernels": kernels}
+
+
 def get_isa() -> str:
     """The ISA whose kernels run now."""
     return _C.active_isa()
 
 
 def set_isa(name: Optional[str]) -> None:
-    """Force a kernel path by name (``scalar``, ``avx2``, ``avx512``, ``neon``).
+    """Force a kernel path by name (one of :func:`known_isas`).
 
     ``None`` or ``"auto"`` returns to the best path this CPU supports. Raises
     ValueError for an unknown name and RuntimeError for a path this CPU or build
@@ -84,6 +107,7 @@ def config() -> dict:
         "arch": build["arch"],
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "kernels": kernel_info()["kernels"],
     }
 
 
@@ -99,6 +123,9 @@ def show_config() -> None:
         f"  available ISAs: {', '.join(c['available_isas'])}",
         f"  compiled ISAs:  {', '.join(c['compiled_isas'])}",
         f"  CPU features:   {features}",
+        "  kernel blocks:  " + ", ".join(
+            f"{k['isa']} {k['vector_width']}x{k['spmm_block']}/{k['sddmm_block']}" for k in c["kernels"])
+        + " (floats per vector x vectors per SpMM block / per SDDMM block)",
         f"  threads:        {c['num_threads']} ({threads}; {c['hardware_threads']} hardware)",
         f"  threading:      {c['threading']}",
         f"  compiler:       {c['compiler']}  flags: {c['build_flags']}",
