@@ -47,6 +47,15 @@ def seeded_rng():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is faster (and avoids thread-pool stalls on busy machines);
+    restore_global_state puts the thread count back. Pruning tests use it for every test
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def restore_global_state():
     """Undo any ISA / thread / torch-thread change a test makes, even on failure."""

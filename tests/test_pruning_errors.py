@@ -2,9 +2,6 @@
 problem (type and message checked), and a rejected call leaves the model as it was."""
 from __future__ import annotations
 
-import copy
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,10 +16,7 @@ from sparseprop.pruning import (ACDCPruner, ACDCSchedule, CosineUpdateSchedule,
 from sparseprop.pruning.allocation import allocate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)  # restored by conftest's restore_global_state
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest)
 
 
 def mlp():
