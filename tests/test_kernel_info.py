@@ -8,6 +8,8 @@ import torch
 import sparseprop
 from sparseprop import SparseLinear
 
+from conftest import compare_with_dense
+
 # From the ISA definitions (csrc/simd/<isa>.h): floats per register.
 VECTOR_WIDTH = {"scalar": 1, "avx2": 8, "avx512": 16, "neon": 4}
 
@@ -57,18 +59,6 @@ def test_batches_around_the_block_edges_match_dense(isa):
     sizes = sorted({max(1, n + d) for n in (k["vector_width"], k["batch_tile"],
                                             k["vector_width"] * k["sddmm_block"]) for d in (-1, 0, 1)})
     layer = SparseLinear(24, 10, sparsity=0.8)
-    dense = layer.to_dense()
     with sparseprop.use_isa(isa):
         for n in sizes:
-            x = torch.randn(n, 24, requires_grad=True)
-            xd = x.detach().clone().requires_grad_(True)
-            y, yd = layer(x), dense(xd)
-            torch.testing.assert_close(y, yd, rtol=1e-5, atol=1e-5)
-            g = torch.randn_like(y)
-            y.backward(g)
-            yd.backward(g)
-            torch.testing.assert_close(x.grad, xd.grad, rtol=1e-5, atol=1e-5)
-            dense_grad = dense.weight.grad.flatten(1)[layer.pattern.mask().view(10, 24)]
-            torch.testing.assert_close(layer.values.grad, dense_grad, rtol=1e-5, atol=1e-5)
-            layer.zero_grad()
-            dense.zero_grad()
+            compare_with_dense(layer, torch.randn(n, 24, requires_grad=True), what=f"batch {n}")
