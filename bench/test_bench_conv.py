@@ -128,7 +128,7 @@ def test_models_sparsify_densify_agree():
     assert isinstance(sparse.conv1, torch.nn.Conv2d)  # the stem stays dense
     convs = [m for m in sparse.modules() if isinstance(m, sparseprop.SparseConv2d)]
     assert len(convs) == 19 and all(abs(m.sparsity - 0.9) < 1e-3 for m in convs)
-    dense = models.densify(copy.deepcopy(sparse))
+    dense = sparseprop.densify(copy.deepcopy(sparse))
     assert not any(isinstance(m, sparseprop.SparseConv2d) for m in dense.modules())
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(SEED))
     with torch.no_grad():

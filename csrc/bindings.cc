@@ -378,6 +378,24 @@ py::dict build_info() {
   return d;
 }
 
+// One dict per compiled ISA (best last): its name, whether this CPU runs it, and the
+// block parameters of its kernels, read from its kernel table.
+py::list kernel_info_py() {
+  const std::vector<std::string> runnable = available_isas();
+  py::list out;
+  for (const std::string& name : compiled_isas()) {
+    const KernelTable* t = compiled_table(name);
+    py::dict d;
+    d["isa"] = name;
+    d["available"] = std::find(runnable.begin(), runnable.end(), name) != runnable.end();
+    d["vector_width"] = t->vector_width;
+    d["spmm_block"] = t->spmm_block;
+    d["sddmm_block"] = t->sddmm_block;
+    out.append(d);
+  }
+  return out;
+}
+
 py::dict cpu_features_py() {
   const CpuFeatures& f = cpu_features();
   py::dict d;
@@ -435,6 +453,8 @@ PYBIND11_MODULE(_C, m) {
         "Return (t_indptr, t_indices, perm): the transposed pattern and where each value comes from");
   m.def("available_isas", &available_isas, "ISAs this build and CPU can run, best last");
   m.def("compiled_isas", &compiled_isas, "ISAs compiled into this build");
+  m.def("known_isas", &known_isas, "every ISA name the dispatcher knows, on any platform");
+  m.def("kernel_info", &kernel_info_py, "per compiled ISA: availability and block parameters");
   m.def("active_isa", [] { return std::string(active_kernels().isa); });
   m.def("set_isa", [](const std::string& name) {
     try {

@@ -46,6 +46,20 @@ std::atomic<const KernelTable*>& active_slot() {
 
 }  // namespace
 
+std::vector<std::string> known_isas() { return {"scalar", "avx2", "avx512", "neon"}; }
+
+const KernelTable* compiled_table(const std::string& name) {
+  if (name == "scalar") return &scalar_kernels();
+#if defined(SPARSEPROP_X86)
+  if (name == "avx2") return &avx2_kernels();
+  if (name == "avx512") return &avx512_kernels();
+#endif
+#if defined(SPARSEPROP_NEON)
+  if (name == "neon") return &neon_kernels();
+#endif
+  return nullptr;
+}
+
 std::vector<std::string> compiled_isas() {
   std::vector<std::string> isas{"scalar"};
 #if defined(SPARSEPROP_X86)
@@ -72,12 +86,14 @@ void set_isa(const std::string& name) {
     active_slot().store(best_table(), std::memory_order_release);
     return;
   }
-  bool known = false;
+  bool known = false, named = false;
   for (const std::string& isa : compiled_isas()) known |= isa == name;
-  if (!known && name != "avx2" && name != "avx512" && name != "neon") {
-    throw std::invalid_argument("unknown ISA '" + name +
-                                "'; expected one of auto, scalar, avx2, avx512, neon");
+  std::string expected = "auto";
+  for (const std::string& isa : known_isas()) {
+    named |= isa == name;
+    expected += ", " + isa;
   }
+  if (!named) throw std::invalid_argument("unknown ISA '" + name + "'; expected one of " + expected);
   const KernelTable* t = known ? table_for(name) : nullptr;
   if (!t) throw std::runtime_error("ISA '" + name + "' is not supported by this CPU or build");
   active_slot().store(t, std::memory_order_release);

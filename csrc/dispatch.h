@@ -11,6 +11,10 @@ namespace sparseprop {
 std::vector<std::string> available_isas();
 // ISAs compiled into this build, whether or not this CPU can run them.
 std::vector<std::string> compiled_isas();
+// Every ISA name the dispatcher knows, on any platform: the one list of ISA names.
+std::vector<std::string> known_isas();
+// The table of a compiled ISA (runnable or not: its fields are data), else nullptr.
+const KernelTable* compiled_table(const std::string& name);
 
 // The active table. The first call picks the best available ISA, or the one
 // named by the SPARSEPROP_ISA environment variable.

@@ -66,6 +66,11 @@ struct KernelTable {
   SddmmRowsFn sddmm;
   // Transposes the source columns [col_begin, col_end), i.e. those dst rows.
   void (*transpose)(const TransposeArgs&, int64_t col_begin, int64_t col_end);
+  // Block parameters (simd/<isa>.h), reported by kernel_info(): floats per vector, and
+  // vectors per batch block of the SpMM / SDDMM kernels (a block is width * block floats).
+  int vector_width;
+  int spmm_block;
+  int sddmm_block;
 };
 
 // Defined in kernels/<isa>.cc; the SIMD ones exist only where compiled.

@@ -20,7 +20,7 @@ from sparseprop import SparseLinear
 
 ISAS = sparseprop.available_isas()
 # Anything that the dispatcher knows by name but cannot run here (e.g. 'neon' on x86).
-KNOWN_ISAS = ("scalar", "avx2", "avx512", "neon")
+KNOWN_ISAS = tuple(sparseprop.known_isas())  # the extension's list
 UNAVAILABLE_ISAS = [name for name in KNOWN_ISAS if name not in ISAS]
 
 # Under AddressSanitizer (tests/cpp/run_sanitized.sh preloads it) freed memory sits in
@@ -44,6 +44,15 @@ def pytest_collection_modifyitems(config, items):
 def seeded_rng():
     """Every test starts from the same RNG state, so failures reproduce."""
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is faster (and avoids thread-pool stalls on busy machines);
+    restore_global_state puts the thread count back. Pruning tests use it for every test
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    torch.set_num_threads(1)
     yield
 
 
@@ -122,15 +131,16 @@ def clone_input(x: torch.Tensor) -> torch.Tensor:
     return x.detach().clone().requires_grad_(x.requires_grad)
 
 
-def compare_with_dense(module: SparseLinear, x: torch.Tensor, grad_out: Optional[torch.Tensor] = None,
-                       dense: Optional[nn.Linear] = None, what: str = "") -> None:
-    """Forward + backward through ``module`` and its dense twin; check everything.
+def compare_with_dense(module: nn.Module, x: torch.Tensor, grad_out: Optional[torch.Tensor] = None,
+                       dense: Optional[nn.Module] = None, what: str = "") -> None:
+    """Forward + backward through a SparseLinear / SparseConv2d ``module`` and its dense
+    twin (``to_dense()``); check everything.
 
     ``x`` may be any view (non-contiguous, misaligned...); the dense twin gets a
     contiguous copy. Checks output, input gradient, values gradient (dense weight
     gradient gathered at the pattern) and bias gradient.
     """
-    dense = dense_reference(module) if dense is None else dense
+    dense = module.to_dense() if dense is None else dense
     module.zero_grad(set_to_none=True)
     dense.zero_grad(set_to_none=True)
     xd = clone_input(x)
@@ -138,18 +148,20 @@ def compare_with_dense(module: SparseLinear, x: torch.Tensor, grad_out: Optional
     yd = dense(xd)
     assert y.shape == yd.shape, what
     assert y.dtype == torch.float32
-    n_batch = max(1, x.numel() // max(1, x.shape[-1])) if x.dim() else 1
-    torch.testing.assert_close(y, yd, **tol(module.in_features), msg=lambda m: f"output {what}: {m}")
+    rows, cols = module.pattern_shape  # forward sums over cols; input grad over the rest
+    to_input = math.prod(module.weight_shape) // module.weight_shape[1]
+    n_batch = max(1, yd.numel() // rows)  # weight-gradient terms per entry
+    torch.testing.assert_close(y, yd, **tol(cols), msg=lambda m: f"output {what}: {m}")
     if grad_out is None:
         grad_out = torch.randn_like(yd)
     y.backward(grad_out)
     yd.backward(grad_out)
     if x.requires_grad:
-        torch.testing.assert_close(x.grad, xd.grad, **tol(module.out_features),
+        torch.testing.assert_close(x.grad, xd.grad, **tol(to_input),
                                    msg=lambda m: f"input grad {what}: {m}")
     values_grad = module.values.grad
     assert values_grad is not None and values_grad.shape == module.values.shape
-    expected = module.pattern.gather(dense.weight.grad)
+    expected = module.pattern.gather(dense.weight.grad.flatten(1))
     torch.testing.assert_close(values_grad, expected, **tol(n_batch),
                                msg=lambda m: f"values grad {what}: {m}")
     if module.bias is not None:

@@ -1,12 +1,10 @@
-"""SparseConv2d as an nn.Module (state_dict, serialization, copies, conversions,
-properties) and its bad-input contract: every bad argument or input raises a clear
-exception naming the problem, and a rejected checkpoint leaves the module as it was."""
+"""SparseConv2d as an nn.Module (conversions, properties; the contract it shares with
+SparseLinear is in tests/test_module_contract.py) and its bad-input contract: every bad
+argument or input raises a clear exception naming the problem, and a rejected checkpoint
+leaves the module as it was."""
 from __future__ import annotations
 
-import copy
-import io
 import math
-import pickle
 import re
 import textwrap
 
@@ -16,7 +14,7 @@ from torch import nn
 
 from sparseprop import CSRPattern, SparseConv2d
 
-from conftest import assert_same_sparse_module, outputs, run_python, tol
+from conftest import outputs, run_python, tol
 from test_conv import compare_conv, dense_oracle_single_threaded  # noqa: F401 (autouse fixture)
 
 
@@ -64,18 +62,6 @@ def test_shapes_nnz_sparsity_and_weight(kwargs, sparsity):
     assert int((w != 0).sum()) <= m.nnz
 
 
-def test_weight_is_differentiable_wrt_values(conv):
-    conv.weight.pow(2).sum().backward()
-    torch.testing.assert_close(conv.values.grad, 2 * conv.values.detach())
-
-
-def test_generator_makes_construction_reproducible():
-    make = lambda seed: SparseConv2d(4, 6, 3, sparsity=0.7, generator=torch.Generator().manual_seed(seed))  # noqa: E731
-    a, b, c = make(7), make(7), make(8)
-    assert_same_sparse_module(a, b, torch.randn(2, 4, 5, 5))
-    assert not torch.equal(a.indices, c.indices) or not torch.equal(a.indptr, c.indptr)
-
-
 @pytest.mark.parametrize("kwargs", [
     dict(),
     dict(stride=2, padding=1),
@@ -98,125 +84,8 @@ def test_extra_repr_padding_mode():
     assert "reflect" in m.extra_repr() and "nnz=" in m.extra_repr()
 
 
-# --------------------------------------------------------------------------------------
-# state_dict
-# --------------------------------------------------------------------------------------
-def test_state_dict_contents(conv):
-    sd = conv.state_dict()
-    assert set(sd) == {"values", "bias", "indptr", "indices"}
-    assert sd["indptr"].dtype == torch.int64 and sd["indptr"].shape == (7,)
-    assert sd["indices"].dtype == torch.int32 and sd["indices"].shape == (conv.nnz,)
-    assert sd["values"].shape == (conv.nnz,)
-    assert sd["bias"].shape == (6,)
-
-
-@pytest.mark.parametrize("target_sparsity", [0.5, 0.2, 0.95, 1.0, 0.0])
-def test_state_dict_round_trip_into_fresh_module(target_sparsity):
-    kwargs = dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2)
-    src = SparseConv2d(**kwargs, sparsity=0.5, generator=torch.Generator().manual_seed(1))
-    dst = SparseConv2d(**kwargs, sparsity=target_sparsity, generator=torch.Generator().manual_seed(2))
-    if target_sparsity == 0.5:
-        assert not torch.equal(src.indices, dst.indices), "patterns should differ before loading"
-    x = torch.randn(3, 4, 9, 8)
-    dst(x).sum().backward()  # caches a plan for this shape under the old pattern
-    result = dst.load_state_dict(src.state_dict())
-    assert not result.missing_keys and not result.unexpected_keys
-    assert dst.nnz == src.nnz
-    assert_same_sparse_module(src, dst, x)
-    assert_same_sparse_module(src, dst, torch.randn(2, 4, 7, 7))
-    compare_conv(dst, x.clone().requires_grad_(), what="after load_state_dict")
-
-
-def test_state_dict_round_trip_bias_free():
-    src = SparseConv2d(3, 5, 3, bias=False, sparsity=0.4)
-    dst = SparseConv2d(3, 5, 3, bias=False, sparsity=0.8)
-    dst.load_state_dict(src.state_dict())
-    assert_same_sparse_module(src, dst, torch.randn(2, 3, 6, 6))
-
-
-def test_state_dict_into_nested_model():
-    def net(seed):
-        g = torch.Generator().manual_seed(seed)
-        return nn.Sequential(SparseConv2d(3, 4, 3, padding=1, sparsity=0.5, generator=g), nn.ReLU(),
-                             SparseConv2d(4, 2, 3, stride=2, sparsity=0.7, generator=g))
-    a, b = net(0), net(1)
-    x = torch.randn(2, 3, 9, 9)
-    b(x)
-    b.load_state_dict(a.state_dict())
-    assert torch.equal(outputs(a, x), outputs(b, x))
-
-
-def test_load_state_dict_copies_instead_of_aliasing():
-    a = SparseConv2d(3, 4, 3, sparsity=0.5, generator=torch.Generator().manual_seed(0))
-    b = SparseConv2d(3, 4, 3, sparsity=0.5, generator=torch.Generator().manual_seed(1))
-    b.load_state_dict(a.state_dict())
-    x = torch.randn(2, 3, 6, 6)
-    before = outputs(b, x)
-    assert b.indices.data_ptr() != a.indices.data_ptr()
-    assert b.indptr.data_ptr() != a.indptr.data_ptr()
-    s, e = int(a.indptr[0]), int(a.indptr[1])
-    used = set(a.indices[s:e].tolist())
-    free = min(c for c in range(27) if c not in used)
-    a.indices[s:e] = torch.tensor(sorted((used - {min(used)}) | {free}), dtype=torch.int32)
-    a(x)
-    assert torch.equal(outputs(b, x), before), "editing a's pattern changed b"
-
-
-# --------------------------------------------------------------------------------------
-# serialization and copies
-# --------------------------------------------------------------------------------------
-def test_torch_save_load_state_dict_weights_only(conv):
-    buf = io.BytesIO()
-    torch.save(conv.state_dict(), buf)
-    buf.seek(0)
-    sd = torch.load(buf, weights_only=True)
-    dst = SparseConv2d(4, 6, 3, stride=2, padding=1, sparsity=0.1)
-    dst.load_state_dict(sd)
-    assert_same_sparse_module(conv, dst, torch.randn(3, 4, 8, 8))
-
-
-def test_torch_save_load_whole_module(conv):
-    x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    conv(x).sum().backward()  # grads and a cached plan
-    buf = io.BytesIO()
-    torch.save(conv, buf)
-    buf.seek(0)
-    dst = torch.load(buf, weights_only=False)
-    assert isinstance(dst, SparseConv2d)
-    _same_hyperparameters(conv, dst)
-    assert_same_sparse_module(conv, dst, x.detach())
-    compare_conv(dst, torch.randn(3, 4, 7, 9, requires_grad=True))
-
-
-@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
-def test_pickle_round_trip(conv, protocol):
-    conv(torch.randn(2, 4, 8, 8))  # a cached plan must not break pickling
-    dst = pickle.loads(pickle.dumps(conv, protocol=protocol))
-    _same_hyperparameters(conv, dst)
-    assert_same_sparse_module(conv, dst, torch.randn(3, 4, 8, 8))
-    compare_conv(dst, torch.randn(3, 4, 7, 9, requires_grad=True))
-
-
-def test_deepcopy_is_equal_and_independent(conv):
-    x = torch.randn(3, 4, 8, 8)
-    ref = outputs(conv, x)
-    dst = copy.deepcopy(conv)
-    _same_hyperparameters(conv, dst)
-    assert_same_sparse_module(conv, dst, x)
-    for name, buf in conv.named_buffers():
-        assert buf.data_ptr() != dict(dst.named_buffers())[name].data_ptr(), name
-    assert dst.values is not conv.values
-    opt = torch.optim.SGD(dst.parameters(), lr=0.1)
-    dst(x).pow(2).sum().backward()
-    opt.step()
-    assert conv.values.grad is None
-    assert torch.equal(outputs(conv, x), ref)
-    # a new pattern on the copy leaves the original (and its cached plans) alone
-    p = CSRPattern.random(*dst.pattern_shape, 0.2)
-    dst.set_pattern(p, torch.randn(p.nnz))
-    assert torch.equal(outputs(conv, x), ref)
-    compare_conv(dst, x.clone().requires_grad_())
-    compare_conv(conv, x.clone().requires_grad_())
+# state_dict, checkpoints, pickle, deepcopy, seeded construction: tests/test_module_contract.py
+# (run for SparseLinear and SparseConv2d alike).
 
 
 # --------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from conftest import ISAS, KNOWN_ISAS, UNAVAILABLE_ISAS, run_python
 
 CONFIG_KEYS = {"version", "active_isa", "available_isas", "compiled_isas", "isa_forced_by_env",
                "cpu_features", "num_threads", "threads_follow_torch", "hardware_threads", "threading", "compiler",
-               "build_flags", "arch", "torch", "numpy"}
+               "build_flags", "arch", "torch", "numpy", "kernels"}
 
 
 # --------------------------------------------------------------------------------------

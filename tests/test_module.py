@@ -1,5 +1,7 @@
-"""SparseLinear as an nn.Module: state_dict, serialization, copies, conversions,
-properties, pattern replacement and training; plus CSRPattern's own API."""
+"""SparseLinear as an nn.Module: what is particular to it (index dtypes on load, conversions,
+properties, pattern replacement, training) and CSRPattern's own API. The contract it shares
+with SparseConv2d (state_dict, checkpoints, pickle, deepcopy, seeding) is in
+tests/test_module_contract.py."""
 from __future__ import annotations
 
 import copy
@@ -20,39 +22,6 @@ from conftest import (assert_same_sparse_module, compare_with_dense, make_linear
 # --------------------------------------------------------------------------------------
 # state_dict
 # --------------------------------------------------------------------------------------
-def test_state_dict_contents():
-    m = SparseLinear(20, 10, sparsity=0.7)
-    sd = m.state_dict()
-    assert set(sd) == {"values", "bias", "indptr", "indices"}
-    assert sd["indptr"].dtype == torch.int64 and sd["indptr"].shape == (11,)
-    assert sd["indices"].dtype == torch.int32 and sd["indices"].shape == (m.nnz,)
-    assert sd["values"].shape == (m.nnz,)
-    # the transposed pattern is derived data of the pattern, neither saved nor a buffer
-    assert set(dict(m.named_buffers())) == {"indptr", "indices"}
-
-
-@pytest.mark.parametrize("target_sparsity", [0.7, 0.3, 0.95, 1.0, 0.0])
-def test_state_dict_round_trip_into_fresh_module(target_sparsity):
-    src = SparseLinear(20, 10, sparsity=0.7, generator=torch.Generator().manual_seed(1))
-    dst = SparseLinear(20, 10, sparsity=target_sparsity, generator=torch.Generator().manual_seed(2))
-    if target_sparsity == 0.7:
-        assert not torch.equal(src.indices, dst.indices), "patterns should differ before loading"
-    x = torch.randn(6, 20)
-    result = dst.load_state_dict(src.state_dict())
-    assert not result.missing_keys and not result.unexpected_keys
-    assert dst.nnz == src.nnz
-    assert_same_sparse_module(src, dst, x)
-    # backward uses the transposed pattern, which must have been rebuilt
-    compare_with_dense(dst, torch.randn(5, 20, requires_grad=True))
-
-
-def test_state_dict_round_trip_bias_free():
-    src = make_linear(12, 9, bias=False, sparsity=0.5)
-    dst = make_linear(12, 9, bias=False, sparsity=0.8)
-    dst.load_state_dict(src.state_dict())
-    assert_same_sparse_module(src, dst, torch.randn(4, 12))
-
-
 def test_load_state_dict_with_int64_indices_and_int32_indptr():
     src = SparseLinear(15, 8, sparsity=0.6)
     sd = {k: v.clone() for k, v in src.state_dict().items()}
@@ -64,62 +33,9 @@ def test_load_state_dict_with_int64_indices_and_int32_indptr():
     assert_same_sparse_module(src, dst, torch.randn(3, 15))
 
 
-def test_load_state_dict_copies_instead_of_aliasing():
-    """After b.load_state_dict(a.state_dict()), b owns its pattern: a later (valid)
-    in-place edit of a's pattern, or of the loaded dict, must not change b.
-    nn.Linear copies into its own storage; SparseLinear should too."""
-    a = SparseLinear(8, 6, sparsity=0.5, generator=torch.Generator().manual_seed(0))
-    b = SparseLinear(8, 6, sparsity=0.5, generator=torch.Generator().manual_seed(1))
-    sd = a.state_dict()
-    b.load_state_dict(sd)
-    x = torch.randn(3, 8)
-    before = outputs(b, x)
-    assert b.indices.data_ptr() != a.indices.data_ptr(), "b.indices aliases a.indices"
-    assert b.indptr.data_ptr() != a.indptr.data_ptr(), "b.indptr aliases a.indptr"
-    # a valid edit of a: move the first nonzero of row 0 to a free column
-    s, e = int(a.indptr[0]), int(a.indptr[1])
-    used = set(a.indices[s:e].tolist())
-    free = min(c for c in range(8) if c not in used)
-    a.indices[s:e] = torch.tensor(sorted((used - {min(used)}) | {free}), dtype=torch.int32)
-    a(x)  # a revalidates fine
-    assert torch.equal(outputs(b, x), before), "editing a's pattern changed b"
-
-
 # --------------------------------------------------------------------------------------
 # serialization and copies
 # --------------------------------------------------------------------------------------
-def test_torch_save_load_state_dict_weights_only():
-    src = SparseLinear(30, 12, sparsity=0.8)
-    buf = io.BytesIO()
-    torch.save(src.state_dict(), buf)
-    buf.seek(0)
-    sd = torch.load(buf, weights_only=True)
-    dst = SparseLinear(30, 12, sparsity=0.1)
-    dst.load_state_dict(sd)
-    assert_same_sparse_module(src, dst, torch.randn(5, 30))
-
-
-def test_torch_save_load_whole_module():
-    src = SparseLinear(30, 12, sparsity=0.8)
-    src(torch.randn(2, 30)).sum().backward()  # populated grads and transposed pattern
-    buf = io.BytesIO()
-    torch.save(src, buf)
-    buf.seek(0)
-    dst = torch.load(buf, weights_only=False)
-    assert isinstance(dst, SparseLinear)
-    assert_same_sparse_module(src, dst, torch.randn(5, 30))
-    dst.zero_grad(set_to_none=True)
-    compare_with_dense(dst, torch.randn(4, 30, requires_grad=True))
-
-
-@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
-def test_pickle_round_trip(protocol):
-    src = SparseLinear(25, 14, sparsity=0.6)
-    dst = pickle.loads(pickle.dumps(src, protocol=protocol))
-    assert_same_sparse_module(src, dst, torch.randn(5, 25))
-    compare_with_dense(dst, torch.randn(4, 25, requires_grad=True))
-
-
 @pytest.mark.parametrize("how", ["pickle", "deepcopy", "torch.save"])
 def test_pattern_survives_serialization(how):
     """A CSRPattern that went through pickle must still drive the kernels."""
@@ -140,39 +56,6 @@ def test_pattern_survives_serialization(how):
     torch.testing.assert_close(y, x @ p.to_dense(values).t(), **tol(9))
     y.sum().backward()  # needs q.transposed
     assert all(torch.equal(a, b) for a, b in zip(q.transposed, p.transposed))
-
-
-def test_deepcopy_is_equal_and_independent():
-    src = SparseLinear(25, 14, sparsity=0.6)
-    x = torch.randn(5, 25)
-    ref = outputs(src, x)
-    dst = copy.deepcopy(src)
-    assert_same_sparse_module(src, dst, x)
-    for name, buf in src.named_buffers():
-        assert buf.data_ptr() != dict(dst.named_buffers())[name].data_ptr(), name
-    assert dst.values is not src.values
-    # training the copy leaves the original alone
-    opt = torch.optim.SGD(dst.parameters(), lr=0.1)
-    dst(x).pow(2).sum().backward()
-    opt.step()
-    assert src.values.grad is None
-    assert torch.equal(outputs(src, x), ref)
-    # a valid in-place pattern edit of the original leaves the copy alone
-    copy_out = outputs(dst, x)
-    other = CSRPattern.random(14, 25, 0.6, generator=torch.Generator().manual_seed(3))
-    src.indptr.copy_(other.indptr)
-    src.indices.copy_(other.indices)
-    src(x)
-    assert torch.equal(outputs(dst, x), copy_out)
-    compare_with_dense(dst, torch.randn(3, 25, requires_grad=True))
-
-
-def test_generator_makes_construction_reproducible():
-    a = SparseLinear(40, 30, sparsity=0.8, generator=torch.Generator().manual_seed(7))
-    b = SparseLinear(40, 30, sparsity=0.8, generator=torch.Generator().manual_seed(7))
-    c = SparseLinear(40, 30, sparsity=0.8, generator=torch.Generator().manual_seed(8))
-    assert_same_sparse_module(a, b, torch.randn(2, 40))
-    assert not torch.equal(a.indices, c.indices) or not torch.equal(a.indptr, c.indptr)
 
 
 def test_global_seed_makes_construction_reproducible():
@@ -333,13 +216,6 @@ def test_properties(sparsity):
     assert f"sparsity={m.sparsity:.4f}" in text and f"nnz={m.nnz}" in text
     assert "in_features=40" in text and "out_features=25" in text
     assert f"sparsity={m.sparsity:.4f}" in m.extra_repr()
-
-
-def test_weight_is_differentiable():
-    m = SparseLinear(10, 8, sparsity=0.5)
-    coeff = torch.randn(8, 10)
-    (m.weight * coeff).sum().backward()
-    assert torch.equal(m.values.grad, m.pattern.gather(coeff))
 
 
 def test_parameters_are_values_and_bias():

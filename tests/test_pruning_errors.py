@@ -2,9 +2,6 @@
 problem (type and message checked), and a rejected call leaves the model as it was."""
 from __future__ import annotations
 
-import copy
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,10 +16,7 @@ from sparseprop.pruning import (ACDCPruner, ACDCSchedule, CosineUpdateSchedule,
 from sparseprop.pruning.allocation import allocate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)  # restored by conftest's restore_global_state
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (conftest)
 
 
 def mlp():
@@ -53,9 +47,9 @@ def _x():
 
 PRUNERS = {
     "magnitude": lambda m, o, **kw: MagnitudePruner(m, o, **{"sparsity": 0.5, **kw}),
-    "gradual": lambda m, o, **kw: GradualMagnitudePruner(m, o, **{"final_sparsity": 0.5,
+    "gradual": lambda m, o, **kw: GradualMagnitudePruner(m, o, **{"sparsity": 0.5,
                                                                   "end_step": 10, **kw}),
-    "iterative": lambda m, o, **kw: IterativeMagnitudePruner(m, o, **{"final_sparsity": 0.5,
+    "iterative": lambda m, o, **kw: IterativeMagnitudePruner(m, o, **{"sparsity": 0.5,
                                                                       "rounds": 2,
                                                                       "round_length": 3, **kw}),
     "random": lambda m, o, **kw: RandomPruner(m, o, **{"sparsity": 0.5, **kw}),
@@ -66,13 +60,10 @@ PRUNERS = {
     "acdc": lambda m, o, **kw: ACDCPruner(m, o, **{"sparsity": 0.5, "total": 10, "warmup": 2,
                                                    "sparse_length": 2, "dense_length": 2, **kw}),
     "rigl": lambda m, o, **kw: RigLPruner(m, o, **{"sparsity": 0.5, "end_step": 10, **kw}),
-    "granet": lambda m, o, **kw: GraNetPruner(m, o, **{"final_sparsity": 0.5, "end_step": 10,
+    "granet": lambda m, o, **kw: GraNetPruner(m, o, **{"sparsity": 0.5, "end_step": 10,
                                                        **kw}),
 }
-SPARSITY_ARG = {"magnitude": "sparsity", "gradual": "final_sparsity",
-                "iterative": "final_sparsity", "random": "sparsity", "snip": "sparsity",
-                "synflow": "sparsity", "acdc": "sparsity", "rigl": "sparsity",
-                "granet": "final_sparsity"}
+SPARSITY_ARG = {kind: "sparsity" for kind in PRUNERS}  # one name for the target everywhere
 
 
 @pytest.mark.parametrize("kind", list(PRUNERS))
@@ -113,7 +104,7 @@ def test_bad_target_sparsity(kind, value, exc, match):
 def test_bad_initial_sparsity(value, exc, match):
     model = mlp()
     with pytest.raises(exc, match="initial_sparsity " + match):
-        GradualMagnitudePruner(model, final_sparsity=0.9, end_step=10, initial_sparsity=value)
+        GradualMagnitudePruner(model, sparsity=0.9, end_step=10, initial_sparsity=value)
 
 
 @pytest.mark.parametrize("fn", [
@@ -153,7 +144,7 @@ def test_min_keep_out_of_range():
     with pytest.raises(ValueError, match=r"min_keep must be in \[0, 1\], got 1\.5"):
         MagnitudePruner(model, sparsity=0.5, allocation="global", min_keep=1.5)
     with pytest.raises(ValueError, match=r"min_keep must be in \[0, 1\]"):
-        GradualMagnitudePruner(model, final_sparsity=0.5, end_step=4, scope="global",
+        GradualMagnitudePruner(model, sparsity=0.5, end_step=4, scope="global",
                                min_keep=-0.1)
 
 
@@ -167,10 +158,10 @@ def test_schedule_end_not_after_start(start, end):
     model = mlp()
     before = snapshot(model)
     with pytest.raises(ValueError, match="must come after start_step"):
-        GradualMagnitudePruner(model, opt_for(model), final_sparsity=0.9, start_step=start,
+        GradualMagnitudePruner(model, opt_for(model), sparsity=0.9, start_step=start,
                                end_step=end)
     with pytest.raises(ValueError, match="must come after start_step"):
-        GraNetPruner(model, opt_for(model), final_sparsity=0.9, start_step=start, end_step=end)
+        GraNetPruner(model, opt_for(model), sparsity=0.9, start_step=start, end_step=end)
     assert_unchanged(model, before)
 
 
@@ -182,7 +173,7 @@ def test_frequency_must_be_positive_int(value):
         CosineUpdateSchedule(0.3, value, 10)
     model = mlp()
     with pytest.raises(ValueError, match=r"frequency must be an int >= 1"):
-        GradualMagnitudePruner(model, final_sparsity=0.9, end_step=10, frequency=value)
+        GradualMagnitudePruner(model, sparsity=0.9, end_step=10, frequency=value)
     with pytest.raises(ValueError, match=r"frequency must be an int >= 1"):
         RigLPruner(model, sparsity=0.9, end_step=10, frequency=value)
 
@@ -205,9 +196,9 @@ def test_initial_exceeds_final():
         GradualSchedule(0.8, 0.5, 0, 10, 1)
     model = mlp()
     with pytest.raises(ValueError, match="must not exceed final_sparsity"):
-        GradualMagnitudePruner(model, final_sparsity=0.5, initial_sparsity=0.8, end_step=10)
+        GradualMagnitudePruner(model, sparsity=0.5, initial_sparsity=0.8, end_step=10)
     with pytest.raises(ValueError, match="must not exceed final_sparsity"):
-        GraNetPruner(model, final_sparsity=0.5, initial_sparsity=0.8, end_step=10)
+        GraNetPruner(model, sparsity=0.5, initial_sparsity=0.8, end_step=10)
 
 
 def test_acdc_schedule_errors():
@@ -242,9 +233,9 @@ def test_iterative_errors():
     model = mlp()
     for bad in (3, 5, -1, 1.0, True):
         with pytest.raises(ValueError, match=r"rewind_step must be an int in \[0, round_length\)"):
-            IterativeMagnitudePruner(model, final_sparsity=0.5, rounds=2, round_length=3,
+            IterativeMagnitudePruner(model, sparsity=0.5, rounds=2, round_length=3,
                                      rewind_step=bad)
-    pruner = IterativeMagnitudePruner(model, final_sparsity=0.5, rounds=2, round_length=3,
+    pruner = IterativeMagnitudePruner(model, sparsity=0.5, rounds=2, round_length=3,
                                       rewind_step=2)
     with pytest.raises(RuntimeError, match="nothing to rewind to yet"):
         pruner.rewind()
@@ -339,7 +330,7 @@ def test_allocation_not_supported_by_algorithm():
     with pytest.raises(ValueError, match="random scores need a per-layer allocation"):
         RandomPruner(model, sparsity=0.5, allocation="global")
     with pytest.raises(ValueError, match="allocation must be 'global' or 'uniform'"):
-        GraNetPruner(model, final_sparsity=0.5, end_step=10, allocation="erk")
+        GraNetPruner(model, sparsity=0.5, end_step=10, allocation="erk")
     with pytest.raises(ValueError, match=r"the 'erk' allocation needs the layers' kernel shapes"):
         allocate({"a": torch.rand(4)}, 0.5, "erk")
     with pytest.raises(ValueError, match=r"kind must be 'er' or 'erk', got 'uniform'"):
@@ -351,9 +342,9 @@ def test_unknown_score_and_scope():
     with pytest.raises(ValueError, match=r"score must be one of \('magnitude', 'lamp'\), got 'snip'"):
         MagnitudePruner(model, sparsity=0.5, score="snip")
     with pytest.raises(ValueError, match=r"score must be one of"):
-        GradualMagnitudePruner(model, final_sparsity=0.5, end_step=4, score="taylor")
+        GradualMagnitudePruner(model, sparsity=0.5, end_step=4, score="taylor")
     with pytest.raises(ValueError, match=r"scope must be one of \('layerwise', 'global'\), got 'uniform'"):
-        GradualMagnitudePruner(model, final_sparsity=0.5, end_step=4, scope="uniform")
+        GradualMagnitudePruner(model, sparsity=0.5, end_step=4, scope="uniform")
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "er", "erk"])
@@ -362,7 +353,7 @@ def test_min_keep_needs_global(allocation):
     with pytest.raises(ValueError, match="min_keep applies to the 'global' allocation only"):
         MagnitudePruner(model, sparsity=0.5, allocation=allocation, min_keep=0.1)
     with pytest.raises(ValueError, match="min_keep applies to the 'global' allocation only"):
-        GradualMagnitudePruner(model, final_sparsity=0.5, end_step=4, scope="layerwise",
+        GradualMagnitudePruner(model, sparsity=0.5, end_step=4, scope="layerwise",
                                min_keep=0.1)
 
 
@@ -510,14 +501,51 @@ def test_rigl_forward_without_backward_is_not_enough():
 
 def test_granet_step_without_backward():
     model = mlp()
-    pruner = GraNetPruner(model, opt_for(model), final_sparsity=0.5, end_step=10, frequency=1)
+    pruner = GraNetPruner(model, opt_for(model), sparsity=0.5, end_step=10, frequency=1)
     with pytest.raises(RuntimeError, match="GraNet needs the dense gradient"):
         pruner.step()
     # with a backward pass, the next update goes through
     model2 = mlp()
     opt = opt_for(model2)
-    pruner = GraNetPruner(model2, opt, final_sparsity=0.5, end_step=10, frequency=1)
+    pruner = GraNetPruner(model2, opt, sparsity=0.5, end_step=10, frequency=1)
     opt.zero_grad()
     F.cross_entropy(model2(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
     opt.step()
     assert pruner.step() is True
+
+
+# --------------------------------------------------------------------------------------
+# one keyword for the target: sparsity=, with final_sparsity= as a deprecated alias
+# --------------------------------------------------------------------------------------
+RENAMED = {
+    "gradual": (GradualMagnitudePruner, dict(end_step=10)),
+    "iterative": (IterativeMagnitudePruner, dict(rounds=2, round_length=3)),
+    "granet": (GraNetPruner, dict(end_step=10)),
+}
+
+
+@pytest.mark.parametrize("kind", list(RENAMED))
+def test_final_sparsity_is_a_deprecated_alias_of_sparsity(kind):
+    cls, extra = RENAMED[kind]
+    new_model, old_model = mlp(), mlp()
+    old_model.load_state_dict(new_model.state_dict())
+    new = cls(new_model, opt_for(new_model), sparsity=0.75, **extra)
+    with pytest.warns(DeprecationWarning, match="final_sparsity= is deprecated, use sparsity="):
+        old = cls(old_model, opt_for(old_model), final_sparsity=0.75, **extra)
+    schedule = getattr(new, "schedule", None) or new.prune_schedule
+    assert schedule == (getattr(old, "schedule", None) or old.prune_schedule)
+    assert schedule.final_sparsity == 0.75
+    new_masks, old_masks = new.masks(), old.masks()
+    assert all(torch.equal(new_masks[n], old_masks[n]) for n in new_masks)
+
+
+@pytest.mark.parametrize("kind", list(RENAMED))
+def test_sparsity_and_final_sparsity_together_or_neither_raise(kind):
+    cls, extra = RENAMED[kind]
+    model = mlp()
+    before = snapshot(model)
+    with pytest.raises(TypeError, match="give sparsity= only"):
+        cls(model, opt_for(model), sparsity=0.5, final_sparsity=0.5, **extra)
+    with pytest.raises(TypeError, match="sparsity must be a number, got None"):
+        cls(model, opt_for(model), **extra)
+    assert_unchanged(model, before)

@@ -374,7 +374,7 @@ ALGORITHMS: Dict[str, Algorithm] = {
         monotone=True),
     # Zhu & Gupta: cubic schedule from 10% to 60% of training, a pruning step every 2.5%.
     "gradual-magnitude": Algorithm(lambda m, o, d, **kw: pruning.GradualMagnitudePruner(
-        m, o, final_sparsity=TARGET, start_step=int(0.1 * d.steps), end_step=int(0.6 * d.steps),
+        m, o, sparsity=TARGET, start_step=int(0.1 * d.steps), end_step=int(0.6 * d.steps),
         frequency=d.steps // 40, **kw), monotone=True, uniform=True),
     "random-erk": Algorithm(lambda m, o, d, **kw: pruning.RandomPruner(
         m, o, sparsity=TARGET, allocation="erk", **kw), monotone=True, at_init=True),
@@ -395,12 +395,12 @@ ALGORITHMS: Dict[str, Algorithm] = {
         m, o, sparsity=TARGET, end_step=int(0.75 * d.steps), frequency=d.steps // 10, **kw)),
     # GraNet: dense to 90% over the first 60% of training, prune + regrow every 5%.
     "granet": Algorithm(lambda m, o, d, **kw: pruning.GraNetPruner(
-        m, o, final_sparsity=TARGET, end_step=int(0.6 * d.steps), frequency=d.steps // 20, **kw)),
+        m, o, sparsity=TARGET, end_step=int(0.6 * d.steps), frequency=d.steps // 20, **kw)),
     # IMP (Frankle & Carbin): 3 rounds of train (a quarter of a run), prune 54% of what is
     # left, rewind; then the ticket trains as long as the dense model. Rewinding to an early
     # step (2.5% of a run; Frankle et al. 2020) rather than to the init: steadier over seeds.
     "iterative-magnitude": Algorithm(lambda m, o, d, **kw: pruning.IterativeMagnitudePruner(
-        m, o, final_sparsity=TARGET, rounds=3, round_length=d.steps // 4,
+        m, o, sparsity=TARGET, rounds=3, round_length=d.steps // 4,
         rewind_step=d.steps // 40, **kw), monotone=True, steps=lambda n: 3 * (n // 4) + n),
 }
 

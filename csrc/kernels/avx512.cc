@@ -14,7 +14,8 @@ namespace {  // internal linkage: this ISA's copies stay private to this object
 
 namespace sparseprop {
 const KernelTable& avx512_kernels() {
-  static const KernelTable table{"avx512", spmm_rows, sddmm_rows, transpose_cols};
+  static const KernelTable table{"avx512", spmm_rows, sddmm_rows, transpose_cols,
+                                        Vec::width, Vec::spmm_block, Vec::sddmm_block};
   return table;
 }
 }  // namespace sparseprop

@@ -3,18 +3,20 @@
 Vectorized CSR kernels (scalar, AVX2, AVX-512, NEON; chosen at import) behind
 drop-in PyTorch layers. See ``show_config()`` for the path in use.
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 from ._backend import (  # noqa: E402
     available_isas,
     config,
     get_isa,
     get_num_threads,
+    kernel_info,
+    known_isas,
     set_isa,
     set_num_threads,
     show_config,
     use_isa,
-    _apply_isa_env,
+    apply_environment,
 )
 from ._workspace import cache_info, empty_cache, get_cache_limit, set_cache_limit  # noqa: E402
 from .csr import CSRPattern  # noqa: E402
@@ -32,7 +34,8 @@ from .checkpoint import (  # noqa: E402
     safe_load_state_dict,
 )
 
-_apply_isa_env()
+apply_environment()
+del apply_environment  # run once, at import; not part of the API
 
 __all__ = [
     "CSRPattern",
@@ -60,6 +63,8 @@ __all__ = [
     "functional",
     "get_isa",
     "get_num_threads",
+    "kernel_info",
+    "known_isas",
     "set_isa",
     "set_num_threads",
     "show_config",

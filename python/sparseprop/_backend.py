@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import _C
+from ._version import __version__
 
 ISA_ENV_VAR = "SPARSEPROP_ISA"
 THREADING_ENV_VAR = "SPARSEPROP_THREADING"
@@ -20,13 +21,36 @@ def available_isas() -> List[str]:
     return list(_C.available_isas())
 
 
+def known_isas() -> List[str]:
+    """Every ISA name the dispatcher knows on any platform (``scalar``, ``avx2``, ``avx512``,
+    ``neon``): the list lives in the extension (csrc/dispatch.cc), nowhere else."""
+    return list(_C.known_isas())
+
+
+def kernel_info() -> dict:
+    """The kernel registry as the extension reports it.
+
+    ``{"active_isa", "num_threads", "kernels"}``; ``kernels`` has one dict per compiled
+    ISA (best last): ``isa``, ``available`` (this CPU runs it), ``vector_width`` (floats
+    per SIMD register), ``spmm_block`` / ``sddmm_block`` (vectors per batch block of the
+    forward/input-gradient and weight-gradient kernels; a block covers
+    ``vector_width * block`` batch columns) and ``batch_tile`` (that product for SpMM).
+    """
+    kernels = []
+    for entry in _C.kernel_info():
+        entry = dict(entry)
+        entry["batch_tile"] = entry["vector_width"] * entry["spmm_block"]
+        kernels.append(entry)
+    return {"active_isa": get_isa(), "num_threads": get_num_threads(), "kernels": kernels}
+
+
 def get_isa() -> str:
     """The ISA whose kernels run now."""
     return _C.active_isa()
 
 
 def set_isa(name: Optional[str]) -> None:
-    """Force a kernel path by name (``scalar``, ``avx2``, ``avx512``, ``neon``).
+    """Force a kernel path by name (one of :func:`known_isas`).
 
     ``None`` or ``"auto"`` returns to the best path this CPU supports. Raises
     ValueError for an unknown name and RuntimeError for a path this CPU or build
@@ -68,7 +92,7 @@ def config() -> dict:
     """Everything :func:`show_config` prints, as a dict."""
     build = _C.build_info()
     return {
-        "version": _version(),
+        "version": __version__,
         "active_isa": get_isa(),
         "available_isas": available_isas(),
         "compiled_isas": list(build["compiled_isas"]),
@@ -83,6 +107,7 @@ def config() -> dict:
         "arch": build["arch"],
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "kernels": kernel_info()["kernels"],
     }
 
 
@@ -98,18 +123,15 @@ def show_config() -> None:
         f"  available ISAs: {', '.join(c['available_isas'])}",
         f"  compiled ISAs:  {', '.join(c['compiled_isas'])}",
         f"  CPU features:   {features}",
+        "  kernel blocks:  " + ", ".join(
+            f"{k['isa']} {k['vector_width']}x{k['spmm_block']}/{k['sddmm_block']}" for k in c["kernels"])
+        + " (floats per vector x vectors per SpMM block / per SDDMM block)",
         f"  threads:        {c['num_threads']} ({threads}; {c['hardware_threads']} hardware)",
         f"  threading:      {c['threading']}",
         f"  compiler:       {c['compiler']}  flags: {c['build_flags']}",
         f"  torch {c['torch']}, numpy {c['numpy']}",
     ]
     print("\n".join(lines))
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _loaded_libgomp() -> Optional[str]:
@@ -154,7 +176,8 @@ def _setup_threading() -> str:
 _threading = "own thread pool"
 
 
-def _apply_isa_env() -> None:
+def apply_environment() -> None:
+    """At import: set up threading and apply SPARSEPROP_ISA (RuntimeError if unusable)."""
     global _threading
     _threading = _setup_threading()
     value = os.environ.get(ISA_ENV_VAR)

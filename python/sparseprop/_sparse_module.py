@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from .csr import CSRPattern, check_sparsity, nnz_for
+from .csr import CSRPattern, check_sparsity, nnz_for, topk_mask
 
 PATTERN_BUFFERS = ("indptr", "indices")
 _reinstall_lock = threading.Lock()  # the rare path of noticing a hand-edited pattern
@@ -180,7 +180,7 @@ class SparseWeightModule(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``, all-or-nothing: every entry is checked (see
         :func:`sparseprop.safe_load_state_dict`) before anything is copied."""
-        from .checkpoint import check_state_dict
+        from .state_checks import check_state_dict
 
         check_state_dict(self, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -288,9 +288,4 @@ def reset_grad_accumulator(param: torch.Tensor) -> None:
 
 def magnitude_keep(weight: torch.Tensor, allowed: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Mask of the largest |weight| entries among ``allowed``, nnz set by ``sparsity``."""
-    k = min(nnz_for(sparsity, weight.numel()), int(allowed.sum()))
-    scores = weight.abs().masked_fill(~allowed, -1.0).flatten()
-    keep = torch.zeros(weight.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(scores, k, sorted=False).indices] = True
-    return keep.view_as(weight)
+    return topk_mask(weight.abs(), nnz_for(sparsity, weight.numel()), allowed)

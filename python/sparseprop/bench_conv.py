@@ -23,7 +23,7 @@ across steps): ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward
 ``SGD(lr, momentum=0.9).step()``. The sparse model has every convolution except
 the stem (``conv1``) converted with ``SparseConv2d.from_dense(conv, sparsity=s)``
 (:func:`sparseprop.models.sparsify_convs`); the dense model is its copy with every
-``SparseConv2d`` replaced by ``to_dense()`` (:func:`sparseprop.models.densify`), so
+``SparseConv2d`` replaced by ``to_dense()`` (:func:`sparseprop.densify`), so
 both compute the same function. Whole steps are timed interleaved, medians.
 
 Then the share of the step spent *outside* convolutions (BatchNorm, ReLU, residual
@@ -56,7 +56,8 @@ from sparseprop import SparseConv2d
 from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _ratio, _x, cpu_model,
                     header_lines, run_settings, time_interleaved_samples)
 from .conv import STRATEGIES, set_strategy
-from .models import count_params, densify, resnet18_cifar, sparsify_convs
+from .convert import densify
+from .models import count_params, resnet18_cifar, sparsify_convs
 
 
 # ----------------------------------------------------------------------------------------

@@ -21,14 +21,13 @@ from typing import Any, List, Mapping, Tuple
 import torch
 from torch import nn
 
-from ._sparse_module import PATTERN_BUFFERS, SparseWeightModule
+from ._sparse_module import SparseWeightModule
 from .csr import CSRPattern
 from .hf_conv1d import is_conv1d
+from .state_checks import SPARSE_STATE_KEYS, check_state_dict
 
 __all__ = ["check_state_dict", "densify_state_dict", "load_dense_state_dict", "read_checkpoint",
            "safe_load_state_dict", "sparse_prefixes"]
-
-_SPARSE_KEYS = ("values",) + PATTERN_BUFFERS
 
 
 def sparse_prefixes(state_dict: Mapping[str, Any]) -> List[str]:
@@ -96,7 +95,7 @@ def densify_state_dict(state_dict: Mapping[str, Any], dense_model: nn.Module) ->
         values = state_dict[prefix + "values"].detach().to("cpu", torch.float32)
         dense = pattern.to_dense(values).view(shape)
         dense = dense.t().contiguous() if transposed else dense
-        for key in _SPARSE_KEYS:
+        for key in SPARSE_STATE_KEYS:
             out.pop(prefix + key, None)
         out[prefix + "weight"] = dense
     if metadata is not None:
@@ -111,29 +110,6 @@ def load_dense_state_dict(dense_model: nn.Module, sparse_state_dict: Mapping[str
     Validated like :func:`safe_load_state_dict`. Returns ``load_state_dict``'s result."""
     return safe_load_state_dict(dense_model, densify_state_dict(sparse_state_dict, dense_model),
                                 strict=strict)
-
-
-def _hint(missing: List[str], unexpected: List[str]) -> str:
-    sparse_extra = any(k.rpartition(".")[2] in _SPARSE_KEYS for k in unexpected)
-    dense_missing = any(k.rpartition(".")[2] == "weight" for k in missing)
-    if sparse_extra and dense_missing:
-        return (" (the checkpoint has sparse layers where the model is dense: use "
-                "sparseprop.load_dense_state_dict, or sparseprop.sparsify the model first)")
-    if any(k.rpartition(".")[2] in _SPARSE_KEYS for k in missing) and \
-            any(k.rpartition(".")[2] == "weight" for k in unexpected):
-        return (" (the checkpoint is dense where the model is sparse: load it into the dense "
-                "model, then sparseprop.sparsify it)")
-    return ""
-
-
-def _filled_by_torch(model: nn.Module, key: str, metadata: Mapping[str, Any]) -> bool:
-    """BatchNorm fills in a missing ``num_batches_tracked`` of a pre-version-2 checkpoint."""
-    prefix, _, leaf = key.rpartition(".")
-    if leaf != "num_batches_tracked":
-        return False
-    module = model.get_submodule(prefix)
-    version = metadata.get(prefix, {}).get("version")
-    return isinstance(module, nn.modules.batchnorm._NormBase) and (version is None or version < 2)
 
 
 def read_checkpoint(f) -> Mapping[str, Any]:
@@ -163,51 +139,3 @@ def safe_load_state_dict(model: nn.Module, state_dict, strict: bool = True):
         state_dict = read_checkpoint(state_dict)
     check_state_dict(model, state_dict, strict)
     return nn.Module.load_state_dict(model, state_dict, strict=strict)
-
-
-def check_state_dict(model: nn.Module, state_dict, strict: bool = True) -> None:
-    """Raise unless ``model.load_state_dict(state_dict, strict)`` would load every entry:
-
-    * every sparse layer's entries pass its ``check_state``: ``indptr`` / ``indices``
-      together, a valid pattern of the layer's shape, ``values`` with one entry per
-      nonzero, every entry a tensor (ValueError naming the key);
-    * with ``strict``, no key is missing or unexpected (RuntimeError, as load_state_dict);
-    * every other entry is a tensor of the model's shape (RuntimeError).
-
-    Nothing is changed.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-    current = model.state_dict(keep_vars=True)
-    sparse_keys = set()
-    for name, module in model.named_modules():
-        if not isinstance(module, SparseWeightModule):
-            continue
-        prefix = name + "." if name else ""
-        sparse_keys.update(prefix + k for k in _SPARSE_KEYS)
-        module.check_state(state_dict, prefix)
-    errors = []
-    if strict:
-        metadata = getattr(state_dict, "_metadata", None) or {}
-        missing = [k for k in current if k not in state_dict and not _filled_by_torch(model, k, metadata)]
-        unexpected = [k for k in state_dict if k not in current]
-        if missing:
-            errors.append(f"Missing key(s) in state_dict: {missing}")
-        if unexpected:
-            errors.append(f"Unexpected key(s) in state_dict: {unexpected}")
-        if errors:
-            errors[-1] += _hint(missing, unexpected)
-    for key, mine in current.items():
-        if key in sparse_keys or key not in state_dict or not isinstance(mine, torch.Tensor):
-            continue
-        theirs = state_dict[key]
-        if not isinstance(theirs, torch.Tensor):
-            errors.append(f"'{key}' is a {type(theirs).__name__}, expected a tensor")
-            continue
-        if tuple(theirs.shape) != tuple(mine.shape) and not (mine.dim() == 0 and theirs.shape == (1,)):
-            errors.append(f"size mismatch for {key}: copying a param with shape "
-                          f"{tuple(theirs.shape)}, the shape in the current model is "
-                          f"{tuple(mine.shape)}")
-    if errors:
-        raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__} "
-                           f"(nothing was loaded):\n\t" + "\n\t".join(errors))

@@ -34,9 +34,9 @@ from torch.autograd.function import once_differentiable
 
 from . import _C, _workspace
 from ._backend import as_numpy, get_num_threads
-from .conv_width import WidthPlan, _SparseConv2dWidthFn
+from .conv_width import SparseConv2dWidthFn, WidthPlan
 from .csr import CSRPattern
-from .functional import check_float32_cpu
+from ._validation import check_float32_cpu
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _MAX_CACHED_PLANS = 8
@@ -436,7 +436,7 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
     values = values.contiguous()
     bias = None if bias is None else bias.contiguous()
     if strategy == "width":
-        y = _SparseConv2dWidthFn.apply(_nchw(x), values, bias, pattern, plan)
+        y = SparseConv2dWidthFn.apply(_nchw(x), values, bias, pattern, plan)
     else:
         y = _SparseConv2dFn.apply(x, values, bias, pattern, spec, plan)
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):

@@ -108,7 +108,7 @@ def _bordered_grad(grad_y: torch.Tensor, plan: WidthPlan) -> torch.Tensor:
     return g
 
 
-class _SparseConv2dWidthFn(torch.autograd.Function):
+class SparseConv2dWidthFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, pattern: CSRPattern, plan: WidthPlan):
         n, c = x.shape[0], x.shape[1]

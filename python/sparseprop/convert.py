@@ -11,161 +11,27 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import statistics
 import time
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ._sparse_module import SparseWeightModule, magnitude_keep
+from ._tables import Table, fmt_bytes, shape_str
 from .csr import check_sparsity, nnz_for
-from .hf_conv1d import SparseConv1D, conv1d_class, is_conv1d
-from .modules import SparseConv2d, SparseLinear
+from .hf_conv1d import SparseConv1D, is_conv1d
+from .module_tree import (NamesArg, conversion_blocker, deepcopy_model, dense_twin, dense_types,
+                          effective_tensor, empty_sparse_twin, module_occurrences, replace_all,
+                          select_modules, shared_parameter_users, sparse_class)
 
 __all__ = ["sparsify", "densify", "summary", "ConversionReport", "ModelSummary"]
-
-_DENSE_TO_SPARSE = ((nn.Linear, SparseLinear), (nn.Conv2d, SparseConv2d))
-
-NamesArg = Union[None, str, "re.Pattern[str]", Iterable[str]]
-
-
-# ----------------------------------------------------------------------------------------
-# small helpers
-# ----------------------------------------------------------------------------------------
-def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
-                  right: Sequence[bool], footer: Optional[Sequence[str]] = None) -> str:
-    """Plain-text table; ``right[i]`` right-aligns column i (numbers)."""
-    body = [list(map(str, r)) for r in rows]
-    foot = [list(map(str, footer))] if footer is not None else []
-    widths = [max(len(str(h)), *(len(r[i]) for r in body + foot)) if body or foot else len(str(h))
-              for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if r else c.ljust(w)
-                         for c, w, r in zip(cells, widths, right)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    out = [line(list(map(str, headers))), rule] + [line(r) for r in body]
-    if foot:
-        out += [rule, line(foot[0])]
-    return "\n".join(out)
-
-
-def _fmt_bytes(n: Optional[int]) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
 
 
 def _fmt_ms(t: Optional[float]) -> str:
     return "-" if t is None else f"{t:.3f}"
-
-
-def _shape_str(shape: Sequence[int]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-def _module_occurrences(model: nn.Module) -> Dict[int, Tuple[nn.Module, List[str]]]:
-    """id(module) -> (module, every qualified name it is reachable under), in model order."""
-    found: Dict[int, Tuple[nn.Module, List[str]]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        found.setdefault(id(module), (module, []))[1].append(name)
-    return found
-
-
-def _replace_all(model: nn.Module, names: Sequence[str], new: nn.Module) -> nn.Module:
-    """Put ``new`` at every name in ``names``; returns the (possibly new) root."""
-    root = model
-    for name in names:
-        if not name:
-            root = new
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
-    return root
-
-
-def _default_types() -> Tuple[type, ...]:
-    """nn.Linear, nn.Conv2d, and transformers' Conv1D when transformers is imported."""
-    extra = conv1d_class()
-    return (nn.Linear, nn.Conv2d) + ((extra,) if extra is not None else ())
-
-
-def _dense_base(module: nn.Module) -> type:
-    """The class whose ``forward`` the sparse twin reproduces."""
-    if is_conv1d(module):
-        return conv1d_class()
-    return nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
-
-
-def _sparse_class(module: nn.Module):
-    if is_conv1d(module):
-        return SparseConv1D
-    for dense_cls, sparse_cls in _DENSE_TO_SPARSE:
-        if isinstance(module, dense_cls):
-            return sparse_cls
-    return None
-
-
-def _pruned(module: nn.Module, name: str) -> bool:
-    """True if ``torch.nn.utils.prune`` reparametrized ``module.<name>``."""
-    return name + "_orig" in module._parameters and name + "_mask" in module._buffers
-
-
-def _effective(module: nn.Module, name: str) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
-                                                        Optional[torch.Tensor]]:
-    """(value, mask or None, the Parameter holding it) of ``module.<name>``.
-
-    For a pruned tensor the value is recomputed as ``orig * mask`` (the attribute kept by
-    the pruning hook is only refreshed at the next forward)."""
-    if _pruned(module, name):
-        orig = module._parameters[name + "_orig"]
-        mask = module._buffers[name + "_mask"]
-        return orig.detach() * mask, mask != 0, orig
-    param = getattr(module, name, None)
-    if param is None:
-        return None, None, None
-    return param.detach(), None, param
-
-
-def _empty_sparse_twin(module: nn.Module, has_bias: bool) -> SparseWeightModule:
-    """A sparse layer with ``module``'s configuration and an empty pattern."""
-    if is_conv1d(module):
-        return SparseConv1D(module.nx, module.nf, bias=has_bias, sparsity=1.0)
-    if isinstance(module, nn.Linear):
-        return SparseLinear(module.in_features, module.out_features, bias=has_bias, sparsity=1.0)
-    return SparseConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                        module.padding, module.dilation, module.groups, has_bias,
-                        module.padding_mode, sparsity=1.0)
-
-
-def _deepcopy_model(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also works on models pruned with torch.nn.utils.prune.
-
-    After a forward with gradients, a pruned module's ``weight`` attribute is the
-    non-leaf ``weight_orig * weight_mask``, which tensors refuse to deepcopy; the copy
-    gets a detached one instead (the pruning hook recomputes it at the next forward)."""
-    swapped = []
-    for module in model.modules():
-        for name, value in list(vars(module).items()):
-            if isinstance(value, torch.Tensor) and not value.is_leaf and _pruned(module, name):
-                swapped.append((module, name, value))
-                setattr(module, name, value.detach())
-    try:
-        # Under torch.inference_mode() a deepcopy would be made of inference tensors,
-        # unusable for training (and for sparse layers' pattern checks).
-        with torch.inference_mode(False):
-            return copy.deepcopy(model)
-    finally:
-        for module, name, value in swapped:
-            setattr(module, name, value)
 
 
 def _foreign_hooks(module: nn.Module) -> List[str]:
@@ -181,29 +47,6 @@ def _foreign_hooks(module: nn.Module) -> List[str]:
         if len(hooks):
             kinds.append(label)
     return kinds
-
-
-def _select_names(names: NamesArg, occurrences, types) -> Optional[set]:
-    """The set of module ids selected by ``names`` (None: no name filter)."""
-    if names is None:
-        return None
-    if isinstance(names, (str, re.Pattern)):
-        regex = re.compile(names) if isinstance(names, str) else names
-        return {key for key, (_, qnames) in occurrences.items()
-                if any(regex.fullmatch(n) for n in qnames)}
-    wanted = list(names)
-    by_name = {n: key for key, (_, qnames) in occurrences.items() for n in qnames}
-    unknown = [n for n in wanted if n not in by_name]
-    if unknown:
-        raise ValueError(f"names not found in the model: {unknown}")
-    chosen = set()
-    for n in wanted:
-        module = occurrences[by_name[n]][0]
-        if not isinstance(module, tuple(types)):
-            raise ValueError(f"'{n}' is a {type(module).__name__}, not one of the types to "
-                             f"convert ({', '.join(t.__name__ for t in types)})")
-        chosen.add(by_name[n])
-    return chosen
 
 
 # ----------------------------------------------------------------------------------------
@@ -237,12 +80,11 @@ class ConversionReport(list):
     def __str__(self) -> str:
         headers = ("layer", "type", "shape", "sparsity", "nnz", "dense ms", "sparse ms",
                    "decision", "reason")
-        rows = [(r["layer"] or "(model)", r["type"], _shape_str(r["shape"]),
+        rows = [(r["layer"] or "(model)", r["type"], shape_str(r["shape"]),
                  "-" if r["sparsity"] is None else f"{r['sparsity']:.4f}",
                  "-" if r["nnz"] is None else r["nnz"], _fmt_ms(r["dense_ms"]),
                  _fmt_ms(r["sparse_ms"]), r["decision"], r["reason"]) for r in self]
-        table = _format_table(headers, rows, (False, False, False, True, True, True, True,
-                                              False, False))
+        table = Table(headers, "lllrrrrll").text(rows)
         return f"{table}\n{len(self.converted)} of {len(self)} candidate layers converted to sparse"
 
     def __repr__(self) -> str:
@@ -272,19 +114,19 @@ class ModelSummary:
         def ratio(a, b):
             return f"{a / b:.3f}" if b else "-"
 
-        rows = [(r["layer"] or "(model)", r["type"], _shape_str(r["shape"]), r["nnz"],
-                 f"{r['sparsity']:.4f}", _fmt_bytes(r["sparse_bytes"]),
-                 _fmt_bytes(r["dense_bytes"]), ratio(r["sparse_bytes"], r["dense_bytes"]),
-                 _fmt_bytes(r["bytes"])) for r in self.rows]
+        rows = [(r["layer"] or "(model)", r["type"], shape_str(r["shape"]), r["nnz"],
+                 f"{r['sparsity']:.4f}", fmt_bytes(r["sparse_bytes"]),
+                 fmt_bytes(r["dense_bytes"]), ratio(r["sparse_bytes"], r["dense_bytes"]),
+                 fmt_bytes(r["bytes"])) for r in self.rows]
         t = self.totals
-        footer = ("total", "", "", t["nnz"], f"{t['sparsity']:.4f}", _fmt_bytes(t["sparse_bytes"]),
-                  _fmt_bytes(t["dense_bytes"]), ratio(t["sparse_bytes"], t["dense_bytes"]),
-                  _fmt_bytes(t["bytes"]))
-        table = _format_table(headers, rows, (False, False, False) + (True,) * 6, footer)
+        footer = ("total", "", "", t["nnz"], f"{t['sparsity']:.4f}", fmt_bytes(t["sparse_bytes"]),
+                  fmt_bytes(t["dense_bytes"]), ratio(t["sparse_bytes"], t["dense_bytes"]),
+                  fmt_bytes(t["bytes"]))
+        table = Table(headers, "lll" + "r" * 6).text(rows, footer)
         other = t["other_bytes"]
-        return (f"{table}\nwhole model as stored: {_fmt_bytes(t['bytes'] + other)} "
-                f"(all dense: {_fmt_bytes(t['dense_bytes'] + other)}), of which "
-                f"{_fmt_bytes(other)} in other parameters and buffers")
+        return (f"{table}\nwhole model as stored: {fmt_bytes(t['bytes'] + other)} "
+                f"(all dense: {fmt_bytes(t['dense_bytes'] + other)}), of which "
+                f"{fmt_bytes(other)} in other parameters and buffers")
 
     def __repr__(self) -> str:
         return str(self)
@@ -346,9 +188,9 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
         sparsity = check_sparsity(sparsity)
     min_sparsity = check_sparsity(min_sparsity, "min_sparsity")
     if types is None:
-        types = _default_types()
+        types = dense_types()
     types = tuple(types) if isinstance(types, (list, tuple)) else (types,)
-    convertible = _default_types()
+    convertible = dense_types()
     for t in types:
         if not (isinstance(t, type) and issubclass(t, convertible)):
             raise TypeError(f"types must be nn.Linear / nn.Conv2d / transformers Conv1D "
@@ -363,16 +205,11 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
         raise ValueError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
 
     if not inplace:
-        model = _deepcopy_model(model)
-    occurrences = _module_occurrences(model)
-    selected = _select_names(names, occurrences, types)
-
-    # Parameters used by more than one module (tied weights) must stay dense.
-    users: Dict[int, int] = {}
-    for module, _ in occurrences.values():
-        for p in module._parameters.values():
-            if p is not None:
-                users[id(p)] = users.get(id(p), 0) + 1
+        model = deepcopy_model(model)
+    occurrences = module_occurrences(model)
+    selected = select_modules(names, occurrences, lambda m: isinstance(m, types), "names",
+                              f"one of the types to convert ({', '.join(t.__name__ for t in types)})")
+    users = shared_parameter_users(model)  # tied weights must stay dense
 
     rows: List[Dict[str, Any]] = []
     plans = []  # (row, module, qualified names, sparse module)
@@ -381,23 +218,17 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
             continue
         if selected is not None and key not in selected:
             continue
-        sparse_cls = _sparse_class(module)
+        sparse_cls = sparse_class(module)
         row = dict(layer=qnames[0], type=type(module).__name__, shape=(), sparsity=None,
                    nnz=None, dense_ms=None, sparse_ms=None, decision="dense", reason="")
         rows.append(row)
-        weight, mask, weight_param = _effective(module, "weight")
+        weight, mask, weight_param = effective_tensor(module, "weight")
         row["shape"] = tuple(weight.shape)
         if sparse_cls is SparseConv1D:  # Conv1D stores (in, out): the pattern is the transpose
             weight, mask = weight.t(), None if mask is None else mask.t()
-        base = _dense_base(module)
-        if type(module).forward is not base.forward:
-            row["reason"] = f"{type(module).__name__} overrides forward"
-            continue
-        if weight.dtype != torch.float32 or weight.device.type != "cpu":
-            row["reason"] = f"{weight.dtype} weights on {weight.device} (sparse layers: float32, CPU)"
-            continue
-        if users.get(id(weight_param), 0) > 1:
-            row["reason"] = "weight shared with another module"
+        blocker = conversion_blocker(module, weight_param, users)
+        if blocker is not None:
+            row["reason"] = blocker
             continue
         allowed = mask if mask is not None else weight != 0
         keep = allowed if sparsity is None else magnitude_keep(weight, allowed, sparsity)
@@ -407,10 +238,10 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
         if nnz > nnz_for(min_sparsity, weight.numel()):  # same rounding as ``sparsity``
             row["reason"] = f"sparsity below min_sparsity={min_sparsity:g}"
             continue
-        bias, _, bias_param = _effective(module, "bias")
+        bias, _, bias_param = effective_tensor(module, "bias")
         # Never build a layer out of inference tensors, even under torch.inference_mode().
         with torch.inference_mode(False):
-            sparse = _empty_sparse_twin(module, bias is not None)
+            sparse = empty_sparse_twin(module, bias is not None)
             sparse._load_dense(weight, bias, keep, None)
         sparse.train(module.training)
         sparse.values.requires_grad_(weight_param.requires_grad)
@@ -431,7 +262,7 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
         if hooks:
             warnings.warn(f"sparsify: the {', '.join(hooks)} on '{qnames[0]}' are not carried "
                           f"over to its SparseLayer replacement", stacklevel=2)
-        new_root = _replace_all(model, qnames, sparse)
+        new_root = replace_all(model, qnames, sparse)
         if "" in qnames:
             root = new_root
     report = ConversionReport(rows, root)
@@ -533,18 +364,12 @@ def densify(model: nn.Module, inplace: bool = True) -> nn.Module:
     ``requires_grad`` are kept. If ``model`` is itself a sparse layer, its dense twin is
     returned (a module cannot change class in place)."""
     if not inplace:
-        model = _deepcopy_model(model)
+        model = deepcopy_model(model)
     root = model
-    for module, qnames in list(_module_occurrences(model).values()):
+    for module, qnames in list(module_occurrences(model).values()):
         if not isinstance(module, SparseWeightModule):
             continue
-        with torch.inference_mode(False):
-            dense = module.to_dense()
-        dense.train(module.training)
-        dense.weight.requires_grad_(module.values.requires_grad)
-        if module.bias is not None:
-            dense.bias.requires_grad_(module.bias.requires_grad)
-        new_root = _replace_all(model, qnames, dense)
+        new_root = replace_all(model, qnames, dense_twin(module))
         if "" in qnames:
             root = new_root
     return root
@@ -589,8 +414,8 @@ def summary(model: nn.Module) -> ModelSummary:
             stored = _own_state_bytes(module)
             kind = "Sparse"
         elif isinstance(module, (nn.Linear, nn.Conv2d)) or is_conv1d(module):
-            weight, mask, _ = _effective(module, "weight")
-            bias, _, _ = _effective(module, "bias")
+            weight, mask, _ = effective_tensor(module, "weight")
+            bias, _, _ = effective_tensor(module, "bias")
             shape = tuple(weight.shape)
             nnz = int(torch.count_nonzero(weight if mask is None else mask))
             rows_ = shape[1] if is_conv1d(module) else shape[0]  # Conv1D's weight is (in, out)

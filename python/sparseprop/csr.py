@@ -1,6 +1,7 @@
 """CSR sparsity patterns: construction from masks, validation, the transposed pattern."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -214,3 +215,17 @@ def _as_index(t: torch.Tensor, dtype: torch.dtype, name: str, upper: Optional[in
     # A private copy owned by numpy: later edits to the caller's tensor cannot bypass
     # validation, and swapping a tensor's storage cannot free what the kernels read.
     return np.array(t.detach().contiguous().numpy(), copy=True)
+
+
+def topk_mask(score: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boolean mask (``score``'s shape) of the ``k`` highest scores, among ``allowed`` (a
+    mask of the same shape) if given: at most ``allowed.sum()`` entries. The one top-k mask
+    builder (``from_dense`` / ``sparsify`` magnitude pruning and every pruner use it)."""
+    flat = score.detach().flatten().float()
+    if allowed is not None:
+        flat = flat.masked_fill(~allowed.flatten().bool(), -math.inf)
+        k = min(k, int(allowed.sum()))
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    if k > 0:
+        keep[torch.topk(flat, k, sorted=False).indices] = True
+    return keep.view(score.shape)

@@ -152,7 +152,7 @@ def make_pruner(args, model: nn.Module, opt, names: List[str], x_train, y_train,
         # 6 updates, the last at ~40% of training: most epochs run at the final sparsity.
         freq = at(0.4 / 6)
         cls = pruning.GradualMagnitudePruner if name == "gmp" else pruning.GraNetPruner
-        return cls(model, opt, final_sparsity=s, end_step=min(6 * freq, total), frequency=freq,
+        return cls(model, opt, sparsity=s, end_step=min(6 * freq, total), frequency=freq,
                    **kw)
     if name == "magnitude":
         return pruning.MagnitudePruner(model, opt, sparsity=s, **kw)
@@ -179,7 +179,7 @@ def make_pruner(args, model: nn.Module, opt, names: List[str], x_train, y_train,
     if name == "imp":
         rounds = min(3, max(1, args.epochs - 1))
         length = max(1, total // (rounds + 1))  # the last round-length trains the final ticket
-        return pruning.IterativeMagnitudePruner(model, opt, final_sparsity=s, rounds=rounds,
+        return pruning.IterativeMagnitudePruner(model, opt, sparsity=s, rounds=rounds,
                                                 round_length=length,
                                                 rewind_step=min(length - 1, at(0.05, 0)), **kw)
     raise ValueError(f"unknown algorithm {name!r}")

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ._backend import get_isa, get_num_threads
-from .convert import _fmt_bytes, _format_table, _shape_str, summary
+from ._tables import Table, fmt_bytes, shape_str
+from .convert import summary
 
 
 @dataclass
@@ -102,8 +103,8 @@ def results_table(dense: RunLog, sparse: RunLog) -> str:
     for log, t in ((dense, d_t), (sparse, s_t)):
         smaller = f"{dense.param_bytes / log.param_bytes:.1f}x smaller" if log is sparse else ""
         rows.append((log.label, f"{log.accs[-1]:.1f}%", f"{t:.3f}", f"{d_t / t:.2f}x",
-                     f"{log.total:.1f}", _fmt_bytes(log.param_bytes), smaller))
-    table = _format_table(headers, rows, (False, True, True, True, True, True, False))
+                     f"{log.total:.1f}", fmt_bytes(log.param_bytes), smaller))
+    table = Table(headers, "lrrrrrl").text(rows)
     notes = [
         f"s/epoch: median training time per epoch ({which}); speedup = dense s/epoch / s/epoch.",
         f"total s: the whole run's training time, pruning (also at initialization) and any dense "
@@ -120,10 +121,10 @@ def layers_table(model: nn.Module, pruned: Sequence[str], why_dense: dict) -> st
     for r in summary(model):
         why = why_dense.get(r["layer"], "excluded")
         note = "pruned" if r["layer"] in pruned else f"not pruned ({why})"
-        rows.append((r["layer"], r["type"], _shape_str(r["shape"]), r["nnz"],
-                     f"{r['sparsity']:.1%}", _fmt_bytes(r["bytes"]), note))
+        rows.append((r["layer"], r["type"], shape_str(r["shape"]), r["nnz"],
+                     f"{r['sparsity']:.1%}", fmt_bytes(r["bytes"]), note))
     headers = ("layer", "type", "shape", "nnz", "sparsity", "memory", "")
-    return _format_table(headers, rows, (False, False, False, True, True, True, False))
+    return Table(headers, "lllrrrl").text(rows)
 
 
 def describe(args, data, model: nn.Module, names: List[str], algorithm: str) -> str:

@@ -8,19 +8,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _C, _workspace
+from ._validation import check_float32_cpu  # noqa: F401  (also sparseprop.functional's)
 from ._backend import as_numpy, get_num_threads
 from .csr import CSRPattern
-
-
-def check_float32_cpu(t: torch.Tensor, name: str) -> None:
-    """Raise if ``t`` is not a float32 CPU tensor: the one type the kernels compute in."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} must be on the CPU, got device {t.device}; sparseprop runs on CPUs only")
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name} must be float32, got {t.dtype}; sparseprop computes in float32 "
-                        f"(convert with .float())")
 
 
 def feature_major(x2d: torch.Tensor) -> torch.Tensor:

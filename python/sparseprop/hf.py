@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._sparse_module import SparseWeightModule
-from .convert import _empty_sparse_twin, _module_occurrences, _replace_all, _sparse_class
+from .module_tree import empty_sparse_twin, module_occurrences, replace_all, sparse_class
 
 __all__ = ["from_pretrained", "sparse_layer_names"]
 
@@ -119,22 +119,22 @@ def from_pretrained(cls, path: str, **kwargs):
     for name in sparse_names:
         target = _strip_base_prefix(model, name)
         module = model.get_submodule(target)
-        if isinstance(module, SparseWeightModule) or _sparse_class(module) is None:
+        if isinstance(module, SparseWeightModule) or sparse_class(module) is None:
             raise ValueError(f"'{name}' is stored sparse but {cls.__name__} has a "
                              f"{type(module).__name__} there (expected Linear, Conv1D or Conv2d)")
         targets[name] = (target, module)
 
     _report_other_keys(info, sparse_names)
 
-    occurrences = _module_occurrences(model)
+    occurrences = module_occurrences(model)
     for name, (target, module) in targets.items():
         has_bias = f"{name}.bias" in tensors
         with torch.inference_mode(False):
-            sparse = _empty_sparse_twin(module, has_bias)
+            sparse = empty_sparse_twin(module, has_bias)
         own = {k: tensors[f"{name}.{k}"] for k in _PATTERN_KEYS + (("bias",) if has_bias else ())}
         sparse.load_state_dict(own)  # validated, all-or-nothing
         sparse.train(module.training)
-        _replace_all(model, occurrences[id(module)][1], sparse)
+        replace_all(model, occurrences[id(module)][1], sparse)
     return model
 
 

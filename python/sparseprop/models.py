@@ -2,20 +2,25 @@
 
 * :func:`resnet18_cifar`: the CIFAR variant of ResNet-18 (3x3 stem, no max-pool).
 * :func:`sparsify_convs`: replace ``nn.Conv2d`` layers by ``SparseConv2d``.
-* :func:`densify`: replace sparse layers by their dense twins (``to_dense()``).
+* :func:`densify`: deprecated, :func:`sparseprop.densify` does the same.
 
-Both helpers change the model in place and return it; use ``copy.deepcopy`` first
-to keep the original (``densify(copy.deepcopy(sparse_model))`` is the dense model
-with the same masked weights, e.g. to compare speed).
+``sparsify_convs`` changes the model in place and returns it; use ``copy.deepcopy``
+first to keep the original (``sparseprop.densify(copy.deepcopy(sparse_model))`` is the
+dense model with the same masked weights, e.g. to compare speed). Both swap modules with
+:mod:`sparseprop.module_tree`, like ``sparseprop.sparsify`` and the pruners.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ._sparse_module import SparseWeightModule
+from .convert import densify as convert_densify
+from .module_tree import module_occurrences, replace_all, sparse_twin
 from .modules import SparseConv2d, SparseLinear
 
 __all__ = ["BasicBlock", "ResNetCIFAR", "resnet18_cifar", "sparsify_convs", "densify",
@@ -94,15 +99,6 @@ def resnet18_cifar(num_classes: int = 10) -> ResNetCIFAR:
 # ----------------------------------------------------------------------------------------
 # conversion helpers
 # ----------------------------------------------------------------------------------------
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    if not name:
-        raise ValueError(f"cannot replace the model itself ({type(model).__name__}) in place; "
-                         f"wrap it in a container first")
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def conv_names(model: nn.Module, skip: Iterable[str] = ()) -> List[str]:
     """Qualified names of the ``nn.Conv2d`` modules of ``model``, minus ``skip``."""
     skip = set(skip)
@@ -117,32 +113,32 @@ def sparsify_convs(model: nn.Module, sparsity: float, skip: Iterable[str] = ("co
     stem of :func:`resnet18_cifar` only (the blocks' ``layer1.0.conv1`` etc. are converted).
     ``from_dense`` keeps the largest-magnitude weights; on a freshly initialized model
     (i.i.d. weights) that is a uniformly random unstructured pattern with exactly
-    ``round((1 - sparsity) * numel)`` nonzeros per layer. Each new layer keeps the
-    train/eval mode of the one it replaces.
+    ``round((1 - sparsity) * numel)`` nonzeros per layer (unlike :func:`sparseprop.sparsify`,
+    which never keeps a zero weight). Each new layer keeps the train/eval mode and
+    ``requires_grad`` of the one it replaces, at every name it is registered under.
     """
     names = conv_names(model, skip)
+    if "" in names:
+        raise ValueError(f"cannot replace the model itself ({type(model).__name__}) in place; "
+                         f"wrap it in a container first")
+    occurrences = module_occurrences(model)
     for name in names:
         conv = model.get_submodule(name)
-        sparse = SparseConv2d.from_dense(conv, sparsity=sparsity)
-        sparse.train(conv.training)
-        _replace(model, name, sparse)
+        replace_all(model, occurrences[id(conv)][1], sparse_twin(conv, sparsity=sparsity))
     return model
 
 
 def densify(model: nn.Module) -> nn.Module:
-    """Replace every ``SparseConv2d``/``SparseLinear`` of ``model`` (in place) by its dense
-    twin ``m.to_dense()`` (same masked weights and bias) and return ``model``.
+    """Deprecated: :func:`sparseprop.densify` (the same, in place by default).
 
-    Parameters of the dense twins are new tensors; the rest of the model is not copied,
-    so call it on a ``copy.deepcopy`` to keep the sparse model usable alongside.
-    """
-    names = [n for n, m in model.named_modules() if isinstance(m, (SparseConv2d, SparseLinear))]
-    for name in names:
-        sparse = model.get_submodule(name)
-        dense = sparse.to_dense()
-        dense.train(sparse.training)
-        _replace(model, name, dense)
-    return model
+    Replaces every sparse layer of ``model`` (in place) by its dense twin and returns
+    ``model``; a bare sparse layer (nothing to replace it in) raises ValueError."""
+    warnings.warn("sparseprop.models.densify is deprecated; use sparseprop.densify(model), "
+                  "which does the same", DeprecationWarning, stacklevel=2)
+    if isinstance(model, SparseWeightModule):
+        raise ValueError(f"cannot replace the model itself ({type(model).__name__}) in place; "
+                         f"wrap it in a container first")
+    return convert_densify(model, inplace=True)
 
 
 def count_params(model: nn.Module) -> Tuple[int, int]:

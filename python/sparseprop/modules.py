@@ -8,21 +8,16 @@ from torch import nn
 import torch.nn.functional as F
 
 from ._sparse_module import SparseWeightModule
+from ._validation import check_count as _check_count, check_float32_cpu
 from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
-from .functional import check_float32_cpu, sparse_linear
+from .functional import sparse_linear
 
 def _check_factory_kwargs(cls_name: str, device, dtype) -> None:
     if device is not None and torch.device(device).type != "cpu":
         raise ValueError(f"{cls_name} runs on the CPU only, got device={device!r}")
     if dtype is not None and dtype != torch.float32:
         raise TypeError(f"{cls_name} computes in float32, got dtype={dtype}")
-
-
-def _check_count(name: str, value, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class SparseLinear(SparseWeightModule):

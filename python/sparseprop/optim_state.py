@@ -15,16 +15,25 @@ Scalar state (``step``) is left as is. The ``values`` Parameter object is kept (
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .csr import CSRPattern
 
-__all__ = ["update_pattern", "apply_masks", "remap_optimizer_state", "entry_map"]
+__all__ = ["update_pattern", "apply_masks", "remap_optimizer_state", "entry_map",
+           "swap_parameter", "state_tensors"]
 
 Number = Union[int, float]
+
+
+def _is_sparse_layer(module: nn.Module) -> bool:
+    """The protocol this module needs of a sparse layer (``SparseWeightModule``: a
+    ``values`` Parameter, ``pattern`` / ``pattern_shape``, ``set_pattern``). Tested by
+    attribute so that this module sits below the layers (they call it from set_pattern)."""
+    return (isinstance(module, nn.Module) and isinstance(getattr(module, "values", None), nn.Parameter)
+            and callable(getattr(module, "set_pattern", None)) and hasattr(module, "pattern_shape"))
 
 
 def _flat_positions(pattern: CSRPattern) -> torch.Tensor:
@@ -133,9 +142,7 @@ def update_pattern(module: nn.Module, pattern_or_mask: Union[CSRPattern, torch.T
     ``values`` Parameter object is kept. Returns ``{"kept", "removed", "added"}`` counts.
     Nothing is changed if an argument is invalid.
     """
-    from ._sparse_module import SparseWeightModule
-
-    if not isinstance(module, SparseWeightModule):
+    if not _is_sparse_layer(module):
         raise TypeError(f"update_pattern expects a sparse layer, got {type(module).__name__}")
     new = _as_pattern(module, pattern_or_mask)
     if new.shape != module.pattern_shape:
@@ -167,8 +174,6 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
     number or a dict name -> tensor for the new entries (default 0). Every name, mask and
     the optimizer are checked before any layer changes. Returns ``{name: counts}``.
     """
-    from ._sparse_module import SparseWeightModule
-
     plan = []
     for name, mask in masks.items():
         module_name = name
@@ -184,7 +189,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
                 module = None
         if module is None:
             raise ValueError(f"apply_masks: no module named '{name}' in the model")
-        if not isinstance(module, SparseWeightModule):
+        if not _is_sparse_layer(module):
             raise TypeError(f"apply_masks: '{name}' is a {type(module).__name__}, not a sparse "
                             f"layer (convert it with sparseprop.sparsify first)")
         new = _as_pattern(module, mask)
@@ -194,3 +199,39 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor],
             check_optimizer(optimizer, module.values, f"'{name}'")
         plan.append((name, module, new, v))
     return {name: update_pattern(module, new, optimizer, v) for name, module, new, v in plan}
+
+
+# ----------------------------------------------------------------------------------------
+# a parameter replaced by another one (a layer changing form: dense <-> sparse)
+# ----------------------------------------------------------------------------------------
+def state_tensors(optimizer: Optional[torch.optim.Optimizer], param: torch.Tensor,
+                  shape) -> List[torch.Tensor]:
+    """``optimizer``'s per-entry state tensors of ``param`` that have ``shape`` (no ``step``)."""
+    if optimizer is None:
+        return []
+    state = optimizer.state.get(param, {})
+    return [v for k, v in state.items()
+            if k != "step" and isinstance(v, torch.Tensor) and v.shape == shape]
+
+
+def swap_parameter(optimizer: Optional[torch.optim.Optimizer], old: torch.Tensor, new: torch.Tensor,
+                   convert: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Make ``optimizer`` train ``new`` in place of ``old``, converting ``old``'s state
+    tensors (those shaped like ``old``) with ``convert``; scalar state (step) is kept.
+    ValueError if the optimizer does not hold a trainable ``old``."""
+    if optimizer is None:
+        return
+    found = False
+    for group in optimizer.param_groups:
+        params = group["params"]
+        for i, p in enumerate(params):
+            if p is old:
+                params[i], found = new, True
+    if not found and old.requires_grad:
+        raise ValueError("the optimizer does not train this layer's weight; pass the optimizer "
+                         "that trains the model (or None)")
+    state = optimizer.state.pop(old, None)
+    if state:
+        optimizer.state[new] = {k: (convert(v) if isinstance(v, torch.Tensor) and k != "step"
+                                    and v.shape == old.shape else v)
+                                for k, v in state.items()}

@@ -9,20 +9,24 @@ to the new parameter, so training goes on as if nothing happened.
 """
 from __future__ import annotations
 
-import re
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
 from .._sparse_module import SparseWeightModule
-from ..convert import _module_occurrences, _replace_all
+from ..module_tree import (NamesArg, conversion_blocker, dense_twin, module_occurrences, replace_all,
+                           select_modules, shared_parameter_users, sparse_twin)
 from ..modules import SparseConv2d, SparseLinear
-from ..optim_state import update_pattern
+from ..optim_state import state_tensors, swap_parameter, update_pattern
 
-NamesArg = Union[None, str, "re.Pattern[str]", Sequence[str]]
 _DENSE_TYPES = (nn.Linear, nn.Conv2d)
 _SPARSE_TYPES = (SparseLinear, SparseConv2d)
+_PRUNABLE_KINDS = "a prunable layer (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)"
+
+
+def _is_prunable(module: nn.Module) -> bool:
+    return isinstance(module, _DENSE_TYPES + _SPARSE_TYPES)
 
 
 class Layer:
@@ -131,15 +135,12 @@ class Layer:
             update_pattern(self.module, mask, optimizer)
 
     def convertible(self, model: nn.Module) -> bool:
-        """Can this layer run on the sparse kernels? (exact nn.Linear / nn.Conv2d type,
-        so its forward is the standard one; float32 CPU weights; a weight no other module
-        shares, since swapping the module would untie it)."""
+        """Can this layer run on the sparse kernels? (``module_tree.conversion_blocker``:
+        the standard forward, float32 CPU weights, a weight no other module shares.)"""
         if not self.is_dense:
             return True
-        w = self.module.weight
-        owners = sum(any(p is w for p in m._parameters.values()) for m in model.modules())
-        return (type(self.module) in _DENSE_TYPES and w.dtype == torch.float32
-                and w.device.type == "cpu" and owners == 1)
+        return conversion_blocker(self.module, self.module.weight,
+                                  shared_parameter_users(model)) is None
 
     def _mask_dense(self, mask: torch.Tensor, optimizer) -> None:
         param = self.module.weight
@@ -150,20 +151,17 @@ class Layer:
             param.mul_(mask)
             if param.grad is not None:
                 param.grad.mul_(mask)
-            for value in _state_tensors(optimizer, param, param.shape):
+            for value in state_tensors(optimizer, param, param.shape):
                 value.mul_(mask)
 
     def _to_sparse(self, model: nn.Module, optimizer) -> None:
         dense = self.module
         mask = self.dense_mask if self.dense_mask is not None else torch.ones(self.shape, dtype=torch.bool)
-        cls = SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d
-        sparse = cls.from_dense(dense, mask=mask)
+        sparse = sparse_twin(dense, mask=mask)
         pattern = sparse.pattern
         if dense.bias is not None:
             sparse.bias = dense.bias  # the same Parameter: the optimizer keeps its state
-        sparse.train(dense.training)
-        sparse.values.requires_grad_(dense.weight.requires_grad)
-        _swap_parameter(optimizer, dense.weight, sparse.values,
+        swap_parameter(optimizer, dense.weight, sparse.values,
                         lambda t: pattern.gather(t.reshape(pattern.shape)))
         self.remove_hooks()
         self.dense_mask = None
@@ -176,13 +174,11 @@ class Layer:
                 f"'{self.name}' is a GPT-2 Conv1D layer: pruners handle it in sparse form only "
                 f"(a schedule that makes it dense again, e.g. AC/DC's dense phases, is not supported)")
         pattern = sparse.pattern
-        dense = sparse.to_dense()
+        dense = dense_twin(sparse)
         if sparse.bias is not None:
             dense.bias = sparse.bias
-        dense.train(sparse.training)
-        dense.weight.requires_grad_(sparse.values.requires_grad)
         self.dense_mask = pattern.mask().view(self.shape)
-        _swap_parameter(optimizer, sparse.values, dense.weight,
+        swap_parameter(optimizer, sparse.values, dense.weight,
                         lambda t: pattern.to_dense(t).view(self.shape))
         self.remove_hooks()
         self._install(model, dense)
@@ -193,7 +189,7 @@ class Layer:
         if self.capturing:
             raise RuntimeError(f"layer '{self.name}' changed form while capturing a gradient")
         self.module = module
-        _replace_all(model, self.names, module)
+        replace_all(model, self.names, module)
 
     # --- dense gradient capture (for regrowth and saliency scores) -----------------------
     def start_capture(self) -> None:
@@ -238,45 +234,17 @@ def _dense_weight_grad(module: SparseWeightModule, x: torch.Tensor, grad_out: to
     return grad
 
 
-def _state_tensors(optimizer, param: torch.Tensor, shape) -> Iterable[torch.Tensor]:
-    if optimizer is None:
-        return []
-    state = optimizer.state.get(param, {})
-    return [v for k, v in state.items()
-            if k != "step" and isinstance(v, torch.Tensor) and v.shape == shape]
-
-
-def _swap_parameter(optimizer, old: torch.Tensor, new: torch.Tensor, convert) -> None:
-    """Make ``optimizer`` train ``new`` in place of ``old``, converting ``old``'s state
-    tensors (those shaped like ``old``) with ``convert``; scalar state (step) is kept."""
-    if optimizer is None:
-        return
-    found = False
-    for group in optimizer.param_groups:
-        params = group["params"]
-        for i, p in enumerate(params):
-            if p is old:
-                params[i], found = new, True
-    if not found and old.requires_grad:
-        raise ValueError("the optimizer does not train this layer's weight; pass the optimizer "
-                         "that trains the model (or None)")
-    state = optimizer.state.pop(old, None)
-    if state:
-        optimizer.state[new] = {k: (convert(v) if isinstance(v, torch.Tensor) and k != "step"
-                                    and v.shape == old.shape else v)
-                                for k, v in state.items()}
-
-
 def find_layers(model: nn.Module, layers: NamesArg = None, exclude: NamesArg = None) -> Dict[str, Layer]:
     """The prunable layers of ``model`` selected by ``layers`` / ``exclude`` (module names:
     a list, or a regular expression matched against the whole name), in model order."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    occurrences = _module_occurrences(model)
+    occurrences = module_occurrences(model)
     prunable = {key: (module, names) for key, (module, names) in occurrences.items()
-                if isinstance(module, _DENSE_TYPES + _SPARSE_TYPES)}
-    chosen = _match(layers, prunable, occurrences, "layers")
-    dropped = _match(exclude, prunable, occurrences, "exclude") if exclude is not None else set()
+                if _is_prunable(module)}
+    chosen = select_modules(layers, occurrences, _is_prunable, "layers", _PRUNABLE_KINDS)
+    dropped = (select_modules(exclude, occurrences, _is_prunable, "exclude", _PRUNABLE_KINDS)
+               if exclude is not None else set())
     found: Dict[str, Layer] = {}
     for key, (module, names) in prunable.items():
         if (chosen is not None and key not in chosen) or key in dropped:
@@ -288,23 +256,3 @@ def find_layers(model: nn.Module, layers: NamesArg = None, exclude: NamesArg = N
         raise ValueError("no prunable layers (nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d) "
                          "selected in the model")
     return found
-
-
-def _match(names: NamesArg, prunable, occurrences, what: str) -> Optional[set]:
-    if names is None:
-        return None
-    if isinstance(names, (str, re.Pattern)):
-        regex = re.compile(names) if isinstance(names, str) else names
-        return {key for key, (_, qnames) in prunable.items() if any(regex.fullmatch(n) for n in qnames)}
-    by_name = {n: key for key, (_, qnames) in occurrences.items() for n in qnames}
-    chosen = set()
-    for n in names:
-        n = n[: -len(".weight")] if n.endswith(".weight") else n
-        if n not in by_name:
-            raise ValueError(f"{what}: no module named '{n}' in the model")
-        if by_name[n] not in prunable:
-            module = occurrences[by_name[n]][0]
-            raise ValueError(f"{what}: '{n}' is a {type(module).__name__}, not a prunable layer "
-                             f"(nn.Linear, nn.Conv2d, SparseLinear, SparseConv2d)")
-        chosen.add(by_name[n])
-    return chosen

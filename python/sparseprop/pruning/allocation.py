@@ -23,7 +23,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from ..csr import check_sparsity, nnz_for
+from ..csr import check_sparsity, nnz_for, topk_mask  # noqa: F401  (topk_mask: also this module's)
 
 __all__ = ["ALLOCATIONS", "check_allocation", "check_target", "er_densities", "global_masks", "masks_from_counts",
            "topk_mask", "uniform_counts", "allocate"]
@@ -44,18 +44,6 @@ def check_allocation(allocation: str) -> str:
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     return allocation
-
-
-def topk_mask(score: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Boolean mask of the ``k`` highest scores (among ``allowed``)."""
-    flat = score.detach().flatten().float()
-    if allowed is not None:
-        flat = flat.masked_fill(~allowed.flatten().bool(), -math.inf)
-        k = min(k, int(allowed.sum()))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(flat, k, sorted=False).indices] = True
-    return keep.view(score.shape)
 
 
 def masks_from_counts(scores: Scores, counts: Mapping[str, int],

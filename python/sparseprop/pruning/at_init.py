@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..modules import _check_count
+from .._validation import check_count as _check_count
 from .allocation import allocate, check_allocation, check_target
 from .base import Pruner
 from .scores import random_scores, snip, synflow

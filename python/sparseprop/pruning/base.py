@@ -3,7 +3,7 @@ and a state_dict from which an interrupted run resumes exactly.
 
 Usage::
 
-    pruner = GradualMagnitudePruner(model, optimizer, final_sparsity=0.95, end_step=1000)
+    pruner = GradualMagnitudePruner(model, optimizer, sparsity=0.95, end_step=1000)
     for x, y in batches:
         loss = loss_fn(model(x), y)
         optimizer.zero_grad(); loss.backward(); optimizer.step()

@@ -6,6 +6,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from .._validation import renamed_keyword
 from .allocation import allocate, check_allocation, check_target, topk_mask
 from .base import Pruner
 from .schedules import ACDCSchedule, CosineUpdateSchedule, GradualSchedule
@@ -131,17 +132,21 @@ class GraNetPruner(Pruner):
 
     At every ``frequency`` ticks from ``start_step`` to ``end_step`` the weights are
     magnitude-pruned (one global threshold by default) to the cubic schedule's sparsity
-    (``initial_sparsity`` -> ``final_sparsity``, as in :class:`GradualMagnitudePruner`);
+    (``initial_sparsity`` -> ``sparsity``, as in :class:`GradualMagnitudePruner`);
     then each layer drops a further ``alpha / 2 * (1 + cos(pi * t / end_step))`` of its
     remaining weights by magnitude and regrows as many by dense gradient (at zero), as in
-    RigL. Needs ``unit="step"``.
+    RigL. Needs ``unit="step"``. ``final_sparsity=`` is ``sparsity``'s deprecated old name
+    (DeprecationWarning).
     """
 
     needs_gradients = True
 
-    def __init__(self, model: nn.Module, optimizer=None, *, final_sparsity: float, end_step: int,
-                 initial_sparsity: float = 0.0, start_step: int = 0, frequency: int = 100,
-                 alpha: float = 0.3, allocation: str = "global", **kwargs) -> None:
+    def __init__(self, model: nn.Module, optimizer=None, *, sparsity: Optional[float] = None,
+                 end_step: int, initial_sparsity: float = 0.0, start_step: int = 0,
+                 frequency: int = 100, alpha: float = 0.3, allocation: str = "global",
+                 final_sparsity: Optional[float] = None, **kwargs) -> None:
+        final_sparsity = check_target(renamed_keyword(type(self).__name__, "sparsity", sparsity,
+                                                      "final_sparsity", final_sparsity))
         if kwargs.get("unit", "step") != "step":
             raise ValueError("GraNet regrows from one step's gradient: unit must be 'step'")
         super().__init__(model, optimizer, **kwargs)

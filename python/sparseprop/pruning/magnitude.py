@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from ..modules import _check_count
+from .._validation import check_count as _check_count, renamed_keyword
 from .allocation import allocate, check_allocation, check_target
 from .base import Pruner
 from .schedules import GradualSchedule, IterativeSchedule
@@ -79,13 +79,18 @@ class GradualMagnitudePruner(MagnitudePruner):
     removing the smallest-magnitude weights still kept. ``scope="layerwise"`` gives every
     layer ``s_t``; ``"global"`` uses one threshold (``min_keep`` as in
     :class:`MagnitudePruner`). With ``leave_enabled=False`` the masks are lifted after
-    ``end_step`` (pruned weights may grow back from zero).
+    ``end_step`` (pruned weights may grow back from zero). ``sparsity`` is the target
+    ``s_f``, ``initial_sparsity`` is ``s_i``; ``final_sparsity=`` is ``sparsity``'s
+    deprecated old name (DeprecationWarning).
     """
 
-    def __init__(self, model: nn.Module, optimizer=None, *, final_sparsity: float, end_step: int,
-                 initial_sparsity: float = 0.0, start_step: int = 0, frequency: int = 1,
-                 scope: str = "layerwise", min_keep: float = 0.0, score: str = "magnitude",
-                 leave_enabled: bool = True, **kwargs) -> None:
+    def __init__(self, model: nn.Module, optimizer=None, *, sparsity: Optional[float] = None,
+                 end_step: int, initial_sparsity: float = 0.0, start_step: int = 0,
+                 frequency: int = 1, scope: str = "layerwise", min_keep: float = 0.0,
+                 score: str = "magnitude", leave_enabled: bool = True,
+                 final_sparsity: Optional[float] = None, **kwargs) -> None:
+        final_sparsity = check_target(renamed_keyword(type(self).__name__, "sparsity", sparsity,
+                                                      "final_sparsity", final_sparsity))
         if scope not in _SCOPES:
             raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
         self.schedule = GradualSchedule(initial_sparsity, final_sparsity, start_step, end_step,
@@ -113,16 +118,20 @@ class IterativeMagnitudePruner(MagnitudePruner):
 
     At tick ``rewind_step`` (0: the initialization) the model's parameters and buffers are
     saved. At the end of each round (every ``round_length`` ticks, ``rounds`` times) the
-    fraction ``1 - (1 - final_sparsity) ** (1 / rounds)`` of the remaining weights with
+    fraction ``1 - (1 - sparsity) ** (1 / rounds)`` of the remaining weights with
     the smallest magnitude is pruned (``allocation`` "global" or "uniform"), then every
     saved tensor is restored (survivors get their saved values) and, with
     ``reset_optimizer``, the optimizer's state is cleared, as for a fresh run. After the
-    last round, train the ticket as long as you like.
+    last round, train the ticket as long as you like. ``final_sparsity=`` is ``sparsity``'s
+    deprecated old name (DeprecationWarning).
     """
 
-    def __init__(self, model: nn.Module, optimizer=None, *, final_sparsity: float, rounds: int,
-                 round_length: int, rewind_step: int = 0, allocation: str = "global",
-                 min_keep: float = 0.0, reset_optimizer: bool = True, **kwargs) -> None:
+    def __init__(self, model: nn.Module, optimizer=None, *, sparsity: Optional[float] = None,
+                 rounds: int, round_length: int, rewind_step: int = 0, allocation: str = "global",
+                 min_keep: float = 0.0, reset_optimizer: bool = True,
+                 final_sparsity: Optional[float] = None, **kwargs) -> None:
+        final_sparsity = check_target(renamed_keyword(type(self).__name__, "sparsity", sparsity,
+                                                      "final_sparsity", final_sparsity))
         self.schedule = IterativeSchedule(final_sparsity, rounds, round_length)
         if isinstance(rewind_step, bool) or not isinstance(rewind_step, int) \
                 or not 0 <= rewind_step < round_length:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..modules import _check_count
+from .._validation import check_count as _check_count
 from .allocation import check_target
 
 __all__ = ["cubic_sparsity", "GradualSchedule", "ACDCSchedule", "CosineUpdateSchedule",

@@ -47,9 +47,10 @@ def lamp(weight: torch.Tensor) -> torch.Tensor:
 
 def _dense_copy(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """A dense copy of ``model`` (sparse layers densified) with ``masks`` applied."""
-    from ..convert import _deepcopy_model, densify
+    from ..convert import densify
+    from ..module_tree import deepcopy_model
 
-    clone = densify(_deepcopy_model(model), inplace=True)
+    clone = densify(deepcopy_model(model), inplace=True)
     with torch.no_grad():
         for name, mask in masks.items():
             clone.get_submodule(name).weight.mul_(mask)

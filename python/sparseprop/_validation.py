@@ -1,0 +1,40 @@
+"""Argument checks shared by modules of the package (the public boundary's messages)."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+__all__ = ["check_count", "check_float32_cpu", "renamed_keyword"]
+
+
+def check_count(name: str, value, minimum: int = 0) -> int:
+    """``value`` if it is an int (not a bool) ``>= minimum``; ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_float32_cpu(t: torch.Tensor, name: str) -> None:
+    """Raise if ``t`` is not a float32 CPU tensor: the one type the kernels compute in."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got device {t.device}; sparseprop runs on CPUs only")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {t.dtype}; sparseprop computes in float32 "
+                        f"(convert with .float())")
+
+
+def renamed_keyword(where: str, new_name: str, new, old_name: str, old):
+    """The value of keyword ``new_name`` whose old spelling ``old_name`` still works (with a
+    DeprecationWarning). TypeError if both or neither are given (``None`` = not given)."""
+    if old is not None:
+        if new is not None:
+            raise TypeError(f"{where}: give {new_name}= only ({old_name}= is its deprecated old name)")
+        warnings.warn(f"{where}: {old_name}= is deprecated, use {new_name}= (same meaning)",
+                      DeprecationWarning, stacklevel=3)
+        return old
+    if new is None:
+        raise TypeError(f"{where}: {new_name} must be a number, got None (a required keyword)")
+    return new
