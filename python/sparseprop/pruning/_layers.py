@@ -80,7 +80,7 @@ class Layer:
 
     def nnz(self) -> int:
         if self.is_dense:
-            return self.numel if self.dense_mask is None else int(self.dense_mask.sum())
+            return self.numel if self.dense_mask is None else int(torch.count_nonzero(self.dense_mask))
         return self.module.nnz
 
     def parameters(self) -> List[nn.Parameter]:
@@ -117,7 +117,7 @@ class Layer:
         """Keep only ``mask``'s weights (new ones start at zero), switching the module's
         form if ``sparse_from`` says so."""
         mask = mask.detach().to("cpu").bool().reshape(self.shape)
-        sparsity = 1.0 - int(mask.sum()) / self.numel if self.numel else 0.0
+        sparsity = 1.0 - int(torch.count_nonzero(mask)) / self.numel if self.numel else 0.0
         want_sparse = sparse_from is not None and sparsity >= sparse_from and self.convertible(model)
         if self.is_dense and want_sparse:
             self._mask_dense(mask, optimizer)

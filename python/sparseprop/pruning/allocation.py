@@ -24,6 +24,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from ..csr import check_sparsity, nnz_for
+from .select import top_k_mask
 
 __all__ = ["ALLOCATIONS", "check_allocation", "check_target", "er_densities", "global_masks", "masks_from_counts",
            "topk_mask", "uniform_counts", "allocate"]
@@ -47,15 +48,18 @@ def check_allocation(allocation: str) -> str:
 
 
 def topk_mask(score: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Boolean mask of the ``k`` highest scores (among ``allowed``)."""
-    flat = score.detach().flatten().float()
-    if allowed is not None:
-        flat = flat.masked_fill(~allowed.flatten().bool(), -math.inf)
-        k = min(k, int(allowed.sum()))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(flat, k, sorted=False).indices] = True
-    return keep.view(score.shape)
+    """Boolean mask of the ``k`` highest scores (among ``allowed``), in O(n) (see
+    :mod:`.select`); keeping every allowed weight ranks nothing."""
+    flat = score.detach().flatten()
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    if allowed is None:
+        return top_k_mask(flat, k).view(score.shape)
+    allowed = allowed.reshape(-1).bool()
+    n_allowed = int(torch.count_nonzero(allowed))
+    if k >= n_allowed:
+        return allowed.clone().view(score.shape)
+    return top_k_mask(flat.masked_fill(~allowed, -math.inf), k).view(score.shape)
 
 
 def masks_from_counts(scores: Scores, counts: Mapping[str, int],
@@ -117,7 +121,7 @@ def global_masks(scores: Scores, sparsity: float, allowed: Optional[Scores] = No
     reserved = {name: topk_mask(score, math.ceil(min_keep * score.numel()),
                                 None if allowed is None else allowed[name])
                 for name, score in scores.items()}
-    n_reserved = sum(int(m.sum()) for m in reserved.values())
+    n_reserved = sum(int(torch.count_nonzero(m)) for m in reserved.values())
     if n_reserved > budget:
         raise ValueError(f"min_keep={min_keep} keeps {n_reserved} weights, more than the "
                          f"{budget} a sparsity of {sparsity} allows")
@@ -129,10 +133,8 @@ def global_masks(scores: Scores, sparsity: float, allowed: Optional[Scores] = No
             candidates &= allowed[name].bool()
         flat.append(scores[name].detach().float().flatten().masked_fill(~candidates.flatten(), -math.inf))
     flat = torch.cat(flat)
-    k = min(budget - n_reserved, int(torch.isfinite(flat).sum()))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(flat, k, sorted=False).indices] = True
+    k = min(budget - n_reserved, int(torch.count_nonzero(torch.isfinite(flat))))
+    keep = top_k_mask(flat, k)
     masks, offset = {}, 0
     for name in names:
         n = scores[name].numel()

@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from ..csr import nnz_for
 from ..modules import _check_count
 from .allocation import allocate, check_allocation, check_target
 from .base import Pruner
@@ -63,11 +64,25 @@ class MagnitudePruner(Pruner):
 
     def prune_to(self, sparsity: float) -> None:
         """Keep the top-scoring weights (among those kept so far) at ``sparsity``."""
+        if self._unchanged(sparsity):
+            self._log()  # every layer already keeps what the target keeps: no ranking
+            return
         weights = self.weights()
         scores = {n: self.score_fn(w) for n, w in weights.items()}
         masks = allocate(scores, sparsity, self.allocation, self.masks(), self.min_keep,
                          self.kernels())
         self.apply_masks(masks)
+
+    def _unchanged(self, sparsity: float) -> bool:
+        """True when pruning to ``sparsity`` keeps every weight kept now (only weights kept
+        so far can be kept, so equal counts mean equal masks): tick 0 at sparsity 0, or a
+        schedule step that does not move the target."""
+        if self.allocation not in ("uniform", "global") or self.min_keep:
+            return False
+        counts = self._counts()
+        if self.allocation == "uniform":
+            return all(kept == nnz_for(sparsity, total) for kept, total in counts.values())
+        return sum(k for k, _ in counts.values()) == nnz_for(sparsity, sum(t for _, t in counts.values()))
 
 
 class GradualMagnitudePruner(MagnitudePruner):
