@@ -10,7 +10,7 @@ per-layer sparsity table; ``--plot FILE.png`` also draws the curves.
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
 import os
 import sys
 import time
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import pruning, set_num_threads, summary
-from .demo_report import Progress, RunLog, describe, report, require_matplotlib, save_plot
+from .demo_report import (Progress, RunLog, describe, report, require_matplotlib, rss_bytes,
+                          save_plot)
 
 ALGORITHMS = {
     "gmp": "gradual magnitude pruning (Zhu & Gupta 2017) from dense, done by 40% of training",
@@ -210,7 +211,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def train(model: nn.Module, opt, pruner: Optional[pruning.Pruner], data, args, log: RunLog,
           progress: Progress) -> None:
     """Train ``model`` for ``args.epochs``; the batch order depends on ``args.seed`` only, so
-    both runs see the same batches."""
+    both runs see the same batches. The run's clock (``log.clock``) starts with the pruner's
+    setup (``log.setup``) and leaves evaluation out, as ``log.total`` does."""
     x_train, y_train, x_test, y_test = data
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(args.seed)
@@ -230,10 +232,13 @@ def train(model: nn.Module, opt, pruner: Optional[pruning.Pruner], data, args, l
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x_train[idx]), y_train[idx])
             loss.backward()
+            log.peak_rss = max(log.peak_rss, rss_bytes())  # gradients are live: the step's peak
             opt.step()
             if pruner is not None:
                 pruner.step()  # after the optimizer step: prunes, regrows, switches form
-            progress.step(step + 1, steps, loss.item())
+            log.clock.append(log.setup + sum(log.times) + time.perf_counter() - start)
+            log.losses.append(loss.item())
+            progress.step(step + 1, steps, log.losses[-1])
         log.times.append(time.perf_counter() - start)
         log.accs.append(accuracy(model, x_test, y_test))
         log.on_sparse.append(on_sparse / steps)
@@ -255,14 +260,18 @@ def run(args: argparse.Namespace) -> Tuple[RunLog, RunLog, nn.Module, List[str]]
         set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = load_digits_split(args.seed)
+    torch.manual_seed(args.seed)
     dense, names = build_model(args.model, data[0].shape[1], args.hidden, 10)
-    sparse = copy.deepcopy(dense)  # same initialization
     print(describe(args, data, dense, names, ALGORITHMS[args.algorithm]), flush=True)
     dense_log, sparse_log = RunLog("dense"), RunLog(f"sparse ({args.algorithm})")
     progress = Progress(enabled=not args.quiet, label_width=len(sparse_log.label))
     opt = torch.optim.AdamW(dense.parameters(), lr=args.lr, weight_decay=1e-4)
     train(dense, opt, None, data, args, dense_log, progress)
+    del dense, opt  # each run's peak RSS counts its own model only
+    gc.collect()
 
+    torch.manual_seed(args.seed)  # the same initialization again, without keeping a copy
+    sparse, _ = build_model(args.model, data[0].shape[1], args.hidden, 10)
     opt = torch.optim.AdamW(sparse.parameters(), lr=args.lr, weight_decay=1e-4)
     norms = {n: sparse.get_submodule(n).weight.detach().norm() for n in names}
     steps = (len(data[1]) + args.batch_size - 1) // args.batch_size
