@@ -17,8 +17,10 @@ from torch import nn
 
 from .._sparse_module import SparseWeightModule
 from ..convert import _module_occurrences, _replace_all
+from ..csr import CSRPattern
 from ..modules import SparseConv2d, SparseLinear
 from ..optim_state import update_pattern
+from .select import top_k_mask
 
 NamesArg = Union[None, str, "re.Pattern[str]", Sequence[str]]
 _DENSE_TYPES = (nn.Linear, nn.Conv2d)
@@ -129,6 +131,18 @@ class Layer:
             self._mask_dense(mask, optimizer)
         else:
             update_pattern(self.module, mask, optimizer)
+
+    def keep_top_values(self, k: int, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        """Magnitude-prune a sparse layer inside its sparse form: keep its ``k`` largest
+        |values| (ties by position, as the dense path breaks them), in O(nnz), with no
+        dense weight, score or mask."""
+        module = self.module
+        pattern = module.pattern
+        keep = top_k_mask(module.values.detach().abs(), k)
+        rows = pattern.row_indices()[keep]
+        indptr = torch.zeros(pattern.shape[0] + 1, dtype=torch.int64)
+        indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=pattern.shape[0]), 0)
+        update_pattern(module, CSRPattern(indptr, pattern.indices[keep], pattern.shape), optimizer)
 
     def convertible(self, model: nn.Module) -> bool:
         """Can this layer run on the sparse kernels? (exact nn.Linear / nn.Conv2d type,

@@ -67,10 +67,20 @@ class MagnitudePruner(Pruner):
         if self._unchanged(sparsity):
             self._log()  # every layer already keeps what the target keeps: no ranking
             return
-        weights = self.weights()
+        layers = self.layers
+        if self.allocation == "uniform" and self.score == "magnitude":
+            # Sparse layers prune inside their form (never below sparse_from again: pruning
+            # only raises sparsity); only dense layers need dense scores and masks.
+            for layer in layers.values():
+                if not layer.is_dense:
+                    layer.keep_top_values(nnz_for(sparsity, layer.numel), self.optimizer)
+            layers = {n: layer for n, layer in layers.items() if layer.is_dense}
+        weights = {n: layer.weight() for n, layer in layers.items()}
         scores = {n: self.score_fn(w) for n, w in weights.items()}
-        masks = allocate(scores, sparsity, self.allocation, self.masks(), self.min_keep,
-                         self.kernels())
+        allowed = {n: layer.mask() for n, layer in layers.items()}
+        kernels = {n: layer.kernel for n, layer in layers.items()}
+        masks = allocate(scores, sparsity, self.allocation, allowed, self.min_keep, kernels) \
+            if layers else {}
         self.apply_masks(masks)
 
     def _unchanged(self, sparsity: float) -> bool:
