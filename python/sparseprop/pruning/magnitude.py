@@ -8,7 +8,7 @@ from torch import nn
 
 from ..csr import nnz_for
 from ..modules import _check_count
-from .allocation import allocate, check_allocation, check_target
+from .allocation import allocate, check_allocation, check_target, topk_mask
 from .base import Pruner
 from .schedules import GradualSchedule, IterativeSchedule
 from .scores import lamp, magnitude
@@ -71,10 +71,16 @@ class MagnitudePruner(Pruner):
         if self.allocation == "uniform" and self.score == "magnitude":
             # Sparse layers prune inside their form (never below sparse_from again: pruning
             # only raises sparsity); only dense layers need dense scores and masks.
-            for layer in layers.values():
+            masks = {}
+            for name, layer in layers.items():
+                k = nnz_for(sparsity, layer.numel)
                 if not layer.is_dense:
-                    layer.keep_top_values(nnz_for(sparsity, layer.numel), self.optimizer)
-            layers = {n: layer for n, layer in layers.items() if layer.is_dense}
+                    layer.keep_top_values(k, self.optimizer)
+                else:  # |w| is a fresh tensor: rank inside it (pruned weights are excluded)
+                    score = layer.module.weight.detach().abs()
+                    masks[name] = topk_mask(score, k, layer.dense_mask, overwrite=True)
+            self.apply_masks(masks)
+            return
         weights = {n: layer.weight() for n, layer in layers.items()}
         scores = {n: self.score_fn(w) for n, w in weights.items()}
         allowed = {n: layer.mask() for n, layer in layers.items()}
