@@ -20,6 +20,7 @@ from ..convert import _module_occurrences, _replace_all
 from ..csr import CSRPattern
 from ..modules import SparseConv2d, SparseLinear
 from ..optim_state import update_pattern
+from ._fast_pattern import gather_at, keep_entries, pattern_of_mask
 from .select import top_k_mask
 
 NamesArg = Union[None, str, "re.Pattern[str]", Sequence[str]]
@@ -34,7 +35,8 @@ class Layer:
     def __init__(self, name: str, names: List[str], module: nn.Module) -> None:
         self.name, self.names, self.module = name, names, module
         self.dense_mask: Optional[torch.Tensor] = None  # None: nothing pruned
-        self._grad_hook = None
+        self._mask_f: Optional[torch.Tensor] = None  # dense_mask as float32 (see _set_dense_mask)
+        self._grad_hook = self._mask_hook = None
         self.capture: Optional[torch.Tensor] = None  # dense gradient, while capturing
         self.capturing = False
         self._capture_hook = None
@@ -69,7 +71,7 @@ class Layer:
         """The dense weight (zeros where pruned), detached."""
         if self.is_dense:
             w = self.module.weight.detach()
-            return w if self.dense_mask is None else w * self.dense_mask
+            return w if self._mask_f is None else w * self._mask_f
         return self.module.weight.detach()
 
     def mask(self) -> torch.Tensor:
@@ -94,24 +96,38 @@ class Layer:
         if not self.module.weight.requires_grad:
             return  # a frozen weight gets no gradient; enforce() still applies the mask
 
-        def mask_grad(grad: torch.Tensor) -> torch.Tensor:
-            if self.capturing:
+        def capture_grad(grad: torch.Tensor) -> torch.Tensor:
+            if self.capturing:  # the dense gradient, pruned positions included
                 self.capture = grad.detach().clone() if self.capture is None else self.capture + grad
-            return grad if self.dense_mask is None else grad * self.dense_mask
+            return grad
 
-        self._grad_hook = self.module.weight.register_hook(mask_grad)
+        def mask_grad(param: torch.Tensor) -> None:
+            # In place, once the gradient is accumulated (a hook returning grad * mask
+            # would allocate a full-size tensor every step).
+            if self._mask_f is not None and param.grad is not None:
+                param.grad.mul_(self._mask_f)
+
+        weight = self.module.weight
+        self._grad_hook = weight.register_hook(capture_grad)
+        self._mask_hook = weight.register_post_accumulate_grad_hook(mask_grad)
 
     def remove_hooks(self) -> None:
-        for handle in (self._grad_hook, self._capture_hook):
+        for handle in (self._grad_hook, self._mask_hook, self._capture_hook):
             if handle is not None:
                 handle.remove()
-        self._grad_hook = self._capture_hook = None
+        self._grad_hook = self._mask_hook = self._capture_hook = None
 
     def enforce(self) -> None:
         """Zero the pruned weights of a dense layer (after an optimizer step)."""
-        if self.is_dense and self.dense_mask is not None:
+        if self.is_dense and self._mask_f is not None:
             with torch.no_grad():
-                self.module.weight.mul_(self.dense_mask)
+                self.module.weight.mul_(self._mask_f)
+
+    def _set_dense_mask(self, mask: Optional[torch.Tensor]) -> None:
+        """Set the bool mask and its float32 copy, which the per-step multiplications use
+        (multiplying by a bool tensor promotes every element: ~8x slower)."""
+        self.dense_mask = mask
+        self._mask_f = None if mask is None else mask.to(torch.float32)
 
     # --- mask changes ---------------------------------------------------------------
     def set_mask(self, model: nn.Module, mask: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
@@ -136,13 +152,8 @@ class Layer:
         """Magnitude-prune a sparse layer inside its sparse form: keep its ``k`` largest
         |values| (ties by position, as the dense path breaks them), in O(nnz), with no
         dense weight, score or mask."""
-        module = self.module
-        pattern = module.pattern
-        keep = top_k_mask(module.values.detach().abs(), k)
-        rows = pattern.row_indices()[keep]
-        indptr = torch.zeros(pattern.shape[0] + 1, dtype=torch.int64)
-        indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=pattern.shape[0]), 0)
-        update_pattern(module, CSRPattern(indptr, pattern.indices[keep], pattern.shape), optimizer)
+        scores = self.module.values.detach().abs()
+        keep_entries(self.module, top_k_mask(scores, k), optimizer)
 
     def convertible(self, model: nn.Module) -> bool:
         """Can this layer run on the sparse kernels? (exact nn.Linear / nn.Conv2d type,
@@ -157,30 +168,33 @@ class Layer:
 
     def _mask_dense(self, mask: torch.Tensor, optimizer) -> None:
         param = self.module.weight
-        self.dense_mask = None if bool(mask.all()) else mask
+        self._set_dense_mask(None if bool(mask.all()) else mask)
         if self.dense_mask is None:
             return
+        mask_f = self._mask_f
         with torch.no_grad():
-            param.mul_(mask)
+            param.mul_(mask_f)
             if param.grad is not None:
-                param.grad.mul_(mask)
+                param.grad.mul_(mask_f)
             for value in _state_tensors(optimizer, param, param.shape):
-                value.mul_(mask)
+                value.mul_(mask_f)
 
     def _to_sparse(self, model: nn.Module, optimizer) -> None:
         dense = self.module
         mask = self.dense_mask if self.dense_mask is not None else torch.ones(self.shape, dtype=torch.bool)
-        cls = SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d
-        sparse = cls.from_dense(dense, mask=mask)
-        pattern = sparse.pattern
+        sparse = _empty_sparse_twin(dense)
+        # The mask's True entries in row-major order are the CSR storage order: the
+        # values and the optimizer state are gathers at those positions (no search).
+        positions, pattern = pattern_of_mask(mask, sparse.pattern_shape)
+        take = gather_at(positions)
+        sparse.set_pattern(pattern, take(dense.weight))
         if dense.bias is not None:
             sparse.bias = dense.bias  # the same Parameter: the optimizer keeps its state
         sparse.train(dense.training)
         sparse.values.requires_grad_(dense.weight.requires_grad)
-        _swap_parameter(optimizer, dense.weight, sparse.values,
-                        lambda t: pattern.gather(t.reshape(pattern.shape)))
+        _swap_parameter(optimizer, dense.weight, sparse.values, take)
         self.remove_hooks()
-        self.dense_mask = None
+        self._set_dense_mask(None)
         self._install(model, sparse)
 
     def _to_dense(self, model: nn.Module, optimizer) -> None:
@@ -195,7 +209,7 @@ class Layer:
             dense.bias = sparse.bias
         dense.train(sparse.training)
         dense.weight.requires_grad_(sparse.values.requires_grad)
-        self.dense_mask = pattern.mask().view(self.shape)
+        self._set_dense_mask(pattern.mask().view(self.shape))
         _swap_parameter(optimizer, sparse.values, dense.weight,
                         lambda t: pattern.to_dense(t).view(self.shape))
         self.remove_hooks()
@@ -238,6 +252,16 @@ class Layer:
             self._capture_hook, self._saved_io = None, []
         self.capturing, self.capture = False, None
         return grad
+
+
+def _empty_sparse_twin(dense: nn.Module) -> SparseWeightModule:
+    """A SparseLinear / SparseConv2d with ``dense``'s configuration and no nonzeros."""
+    if isinstance(dense, nn.Linear):
+        return SparseLinear(dense.in_features, dense.out_features, bias=dense.bias is not None,
+                            sparsity=1.0)
+    return SparseConv2d(dense.in_channels, dense.out_channels, dense.kernel_size, dense.stride,
+                        dense.padding, dense.dilation, dense.groups, dense.bias is not None,
+                        dense.padding_mode, sparsity=1.0)
 
 
 def _dense_weight_grad(module: SparseWeightModule, x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
