@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +23,7 @@ from ..modules import SparseConv2d, SparseLinear
 from ..optim_state import update_pattern
 from ._fast_pattern import gather_at, keep_entries, pattern_of_mask
 from .select import top_k_mask
+from .switch_point import resolve_sparse_from
 
 NamesArg = Union[None, str, "re.Pattern[str]", Sequence[str]]
 _DENSE_TYPES = (nn.Linear, nn.Conv2d)
@@ -35,17 +37,36 @@ class Layer:
     def __init__(self, name: str, names: List[str], module: nn.Module) -> None:
         self.name, self.names, self.module = name, names, module
         self.dense_mask: Optional[torch.Tensor] = None  # None: nothing pruned
-        self._mask_f: Optional[torch.Tensor] = None  # dense_mask as float32 (see _set_dense_mask)
         self._grad_hook = self._mask_hook = None
         self.capture: Optional[torch.Tensor] = None  # dense gradient, while capturing
         self.capturing = False
         self._capture_hook = None
+        self.input_shape: Optional[torch.Size] = None  # of the last forward (its batch)
+        self._shape_hook = None
+        self.watching = True  # False while the pruner's own passes run (SNIP, SynFlow)
 
     def attach(self) -> None:
         """Start masking the gradient of a dense layer's weight (pruners call this once
         their arguments are validated, so a failed constructor leaves no hooks)."""
         if self.is_dense and self._grad_hook is None:
             self._install_grad_hook()
+        self._watch_inputs()
+
+    def _watch_inputs(self) -> None:
+        """Record the largest input shape of the training forwards: ``sparse_from="auto"``
+        needs the layer's batch to know where its sparse kernels start to pay (an epoch's
+        short last batch or an evaluation pass must not change it)."""
+        if self._shape_hook is not None:
+            self._shape_hook.remove()
+
+        def record(module, args):
+            if self.watching and args and isinstance(args[0], torch.Tensor) \
+                    and torch.is_grad_enabled():
+                shape = args[0].shape
+                if self.input_shape is None or shape.numel() > self.input_shape.numel():
+                    self.input_shape = shape
+
+        self._shape_hook = self.module.register_forward_pre_hook(record)
 
     # --- inspection ------------------------------------------------------------------
     @property
@@ -71,7 +92,7 @@ class Layer:
         """The dense weight (zeros where pruned), detached."""
         if self.is_dense:
             w = self.module.weight.detach()
-            return w if self._mask_f is None else w * self._mask_f
+            return w if self.dense_mask is None else w * self.dense_mask
         return self.module.weight.detach()
 
     def mask(self) -> torch.Tensor:
@@ -104,39 +125,36 @@ class Layer:
         def mask_grad(param: torch.Tensor) -> None:
             # In place, once the gradient is accumulated (a hook returning grad * mask
             # would allocate a full-size tensor every step).
-            if self._mask_f is not None and param.grad is not None:
-                param.grad.mul_(self._mask_f)
+            if self.dense_mask is not None and param.grad is not None:
+                _zero_pruned(param.grad, self.dense_mask)
 
         weight = self.module.weight
         self._grad_hook = weight.register_hook(capture_grad)
         self._mask_hook = weight.register_post_accumulate_grad_hook(mask_grad)
 
     def remove_hooks(self) -> None:
-        for handle in (self._grad_hook, self._mask_hook, self._capture_hook):
+        for handle in (self._grad_hook, self._mask_hook, self._capture_hook, self._shape_hook):
             if handle is not None:
                 handle.remove()
-        self._grad_hook = self._mask_hook = self._capture_hook = None
+        self._grad_hook = self._mask_hook = self._capture_hook = self._shape_hook = None
 
     def enforce(self) -> None:
         """Zero the pruned weights of a dense layer (after an optimizer step)."""
-        if self.is_dense and self._mask_f is not None:
-            with torch.no_grad():
-                self.module.weight.mul_(self._mask_f)
+        if self.is_dense and self.dense_mask is not None:
+            _zero_pruned(self.module.weight, self.dense_mask)
 
     def _set_dense_mask(self, mask: Optional[torch.Tensor]) -> None:
-        """Set the bool mask and its float32 copy, which the per-step multiplications use
-        (multiplying by a bool tensor promotes every element: ~8x slower)."""
-        self.dense_mask = mask
-        self._mask_f = None if mask is None else mask.to(torch.float32)
+        self.dense_mask = None if mask is None else mask.contiguous()
 
     # --- mask changes ---------------------------------------------------------------
     def set_mask(self, model: nn.Module, mask: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
-                 sparse_from: Optional[float]) -> None:
+                 sparse_from) -> None:
         """Keep only ``mask``'s weights (new ones start at zero), switching the module's
-        form if ``sparse_from`` says so."""
+        form if ``sparse_from`` (a number, None or "auto") says so."""
         mask = mask.detach().to("cpu").bool().reshape(self.shape)
         sparsity = 1.0 - int(torch.count_nonzero(mask)) / self.numel if self.numel else 0.0
-        want_sparse = sparse_from is not None and sparsity >= sparse_from and self.convertible(model)
+        threshold = self.switch_at(sparse_from, sparsity)
+        want_sparse = threshold is not None and sparsity >= threshold and self.convertible(model)
         if self.is_dense and want_sparse:
             self._mask_dense(mask, optimizer)
             self._to_sparse(model, optimizer)
@@ -147,6 +165,11 @@ class Layer:
             self._mask_dense(mask, optimizer)
         else:
             update_pattern(self.module, mask, optimizer)
+
+    def switch_at(self, sparse_from, sparsity: float) -> Optional[float]:
+        """The sparsity from which this layer runs sparse (``None``: never), for a mask
+        about to be ``sparsity`` sparse."""
+        return resolve_sparse_from(sparse_from, self.module, self.input_shape, sparsity)
 
     def keep_top_values(self, k: int, optimizer: Optional[torch.optim.Optimizer]) -> None:
         """Magnitude-prune a sparse layer inside its sparse form: keep its ``k`` largest
@@ -171,13 +194,9 @@ class Layer:
         self._set_dense_mask(None if bool(mask.all()) else mask)
         if self.dense_mask is None:
             return
-        mask_f = self._mask_f
-        with torch.no_grad():
-            param.mul_(mask_f)
-            if param.grad is not None:
-                param.grad.mul_(mask_f)
-            for value in _state_tensors(optimizer, param, param.shape):
-                value.mul_(mask_f)
+        for value in [param] + ([param.grad] if param.grad is not None else []) \
+                + list(_state_tensors(optimizer, param, param.shape)):
+            _zero_pruned(value, self.dense_mask)
 
     def _to_sparse(self, model: nn.Module, optimizer) -> None:
         dense = self.module
@@ -222,6 +241,7 @@ class Layer:
             raise RuntimeError(f"layer '{self.name}' changed form while capturing a gradient")
         self.module = module
         _replace_all(model, self.names, module)
+        self._watch_inputs()
 
     # --- dense gradient capture (for regrowth and saliency scores) -----------------------
     def start_capture(self) -> None:
@@ -252,6 +272,19 @@ class Layer:
             self._capture_hook, self._saved_io = None, []
         self.capturing, self.capture = False, None
         return grad
+
+
+def _zero_pruned(t: torch.Tensor, mask: torch.Tensor) -> None:
+    """``t *= mask`` in place. Numpy multiplies by a bool array ~6x faster than torch
+    (which promotes every element), and a float copy of the mask would cost 4 bytes per
+    weight of resident memory."""
+    with torch.no_grad():
+        if t.is_contiguous() and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+            data = t.detach().numpy()
+            np.multiply(data, mask.numpy(), out=data)
+            t.view(-1)[:0].zero_()  # an in-place op, so autograd's version counter moves
+        else:
+            t.mul_(mask)
 
 
 def _empty_sparse_twin(dense: nn.Module) -> SparseWeightModule:
