@@ -156,7 +156,8 @@ class Layer:
         threshold = self.switch_at(sparse_from, sparsity)
         want_sparse = threshold is not None and sparsity >= threshold and self.convertible(model)
         if self.is_dense and want_sparse:
-            self._mask_dense(mask, optimizer)
+            # Only the kept positions are gathered: zeroing the pruned ones first is moot.
+            self._set_dense_mask(mask)
             self._to_sparse(model, optimizer)
             return
         if not self.is_dense and not want_sparse:
