@@ -20,11 +20,13 @@ def test_reseeding_rebuilds_the_same_initialization():
 
 
 def test_table_shows_end_to_end_next_to_per_epoch():
-    dense = RunLog("dense", accs=[96.0, 97.0], times=[2.0, 2.0], param_bytes=1000, peak_rss=300 << 20)
+    dense = RunLog("dense", accs=[96.0, 97.0], times=[2.0, 2.0], param_bytes=1000,
+                   peak_rss=300 << 20, base_rss=50 << 20)
     sparse = RunLog("sparse (gmp)", accs=[96.0, 97.0], times=[3.0, 0.5], setup=0.5,
-                    on_sparse=[0.0, 1.0], param_bytes=100, peak_rss=100 << 20)
+                    on_sparse=[0.0, 1.0], param_bytes=100, peak_rss=100 << 20, base_rss=90 << 20)
     text = results_table(dense, sparse)
-    assert "end to end" in text and "peak RSS" in text
+    assert "end to end" in text and "peak RSS" in text and "run's own" in text
+    assert "250.00 MiB" in text and "10.00 MiB" in text  # peak minus the run's starting RSS
     assert "4.00x" in text   # per epoch: 2.0 / 0.5 (the fully sparse epoch)
     assert "1.00x" in text   # end to end: 4.0 / (0.5 + 3.0 + 0.5)
     assert "100.00 MiB" in text and "300.00 MiB" in text
@@ -39,4 +41,5 @@ def test_run_logs_clock_loss_and_peak_memory():
         assert all(b > a for a, b in zip(log.clock, log.clock[1:]))  # one increasing axis
         assert log.clock[-1] <= log.total + 1e-6
         assert log.peak_rss > 0 and log.peak_rss >= rss_bytes() // 4
+        assert 0 < log.base_rss < log.peak_rss
     assert sparse.clock[0] >= sparse.setup  # the sparse clock includes the pruner's setup

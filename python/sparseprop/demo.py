@@ -262,9 +262,10 @@ def run(args: argparse.Namespace) -> Tuple[RunLog, RunLog, nn.Module, List[str]]
     torch.manual_seed(args.seed)
     data = load_digits_split(args.seed)
     torch.manual_seed(args.seed)
+    dense_log, sparse_log = RunLog("dense"), RunLog(f"sparse ({args.algorithm})")
+    dense_log.base_rss = rss_bytes()
     dense, names = build_model(args.model, data[0].shape[1], args.hidden, 10)
     print(describe(args, data, dense, names, ALGORITHMS[args.algorithm]), flush=True)
-    dense_log, sparse_log = RunLog("dense"), RunLog(f"sparse ({args.algorithm})")
     progress = Progress(enabled=not args.quiet, label_width=len(sparse_log.label))
     opt = torch.optim.AdamW(dense.parameters(), lr=args.lr, weight_decay=1e-4)
     train(dense, opt, None, data, args, dense_log, progress)
@@ -273,6 +274,7 @@ def run(args: argparse.Namespace) -> Tuple[RunLog, RunLog, nn.Module, List[str]]
     empty_cache()  # and hands the freed pages back to the OS, so both runs start level
 
     torch.manual_seed(args.seed)  # the same initialization again, without keeping a copy
+    sparse_log.base_rss = rss_bytes()
     sparse, _ = build_model(args.model, data[0].shape[1], args.hidden, 10)
     opt = torch.optim.AdamW(sparse.parameters(), lr=args.lr, weight_decay=1e-4)
     norms = {n: sparse.get_submodule(n).weight.detach().norm() for n in names}

@@ -28,6 +28,7 @@ class RunLog:
     clock: List[float] = field(default_factory=list)  # wall time (s) since the run began, per step
     losses: List[float] = field(default_factory=list)  # training loss, per step
     peak_rss: int = 0  # highest resident memory (bytes) sampled after a backward pass
+    base_rss: int = 0  # resident memory just before the run built its model
 
     @property
     def total(self) -> float:
@@ -110,22 +111,27 @@ def rss_bytes() -> int:
 def results_table(dense: RunLog, sparse: RunLog) -> str:
     d_t, s_t, which = epoch_times(dense, sparse)
     headers = ("run", "test acc", "s/epoch", "speedup", "total s", "end to end", "peak RSS",
-               "parameters", "")
+               "run's own", "parameters", "")
     rows = []
     for log, t in ((dense, d_t), (sparse, s_t)):
         smaller = f"{dense.param_bytes / log.param_bytes:.1f}x smaller" if log is sparse else ""
         rss = _fmt_bytes(log.peak_rss) if log.peak_rss else "n/a"
+        own = _fmt_bytes(log.peak_rss - log.base_rss) if log.peak_rss and log.base_rss else "n/a"
         rows.append((log.label, f"{log.accs[-1]:.1f}%", f"{t:.3f}", f"{d_t / t:.2f}x",
-                     f"{log.total:.1f}", f"{dense.total / log.total:.2f}x", rss,
+                     f"{log.total:.1f}", f"{dense.total / log.total:.2f}x", rss, own,
                      _fmt_bytes(log.param_bytes), smaller))
-    table = _format_table(headers, rows, (False, True, True, True, True, True, True, True, False))
+    table = _format_table(headers, rows, (False, True, True, True, True, True, True, True, True,
+                                          False))
     notes = [
         f"s/epoch: median training time per epoch ({which}); speedup = dense s/epoch / s/epoch.",
         f"total s: the whole run's training time, pruning (also at initialization) and any dense "
         f"phase included (end to end {dense.total / sparse.total:.2f}x); evaluation excluded.",
         "end to end = dense total s / total s: what a user timing the whole run sees.",
         "peak RSS: the process's highest resident memory sampled after each backward pass of "
-        "the run (the other run's model is freed first).",
+        "the run (the other run's model is freed first); run's own: peak RSS minus the "
+        "resident memory just before the run built its model (what the run itself added: "
+        "model, optimizer state, activations, pruning; not what the process kept from "
+        "earlier, e.g. library code first touched by the dense run).",
         "parameters: parameters + sparse pattern buffers (indptr, indices), as "
         "sparseprop.summary counts them.",
     ]
