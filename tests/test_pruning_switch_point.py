@@ -26,7 +26,7 @@ def _count_measurements(monkeypatch, value):
 
     def fake(probe, shape):
         calls.append((type(probe).__name__, tuple(shape)))
-        return value
+        return value, True
     monkeypatch.setattr(sp, "_measure", fake)
     return calls
 
@@ -60,11 +60,17 @@ def test_cached_in_process_and_on_disk(monkeypatch, tmp_path):
 def test_big_layers_are_probed_on_a_slice(monkeypatch):
     calls = []
     monkeypatch.setattr(sp, "_measure", lambda probe, shape: calls.append(
-        (tuple(probe.weight.shape), tuple(shape))) or 0.6)
+        (tuple(probe.weight.shape), tuple(shape))) or (0.6, True))
     sp.switch_point(nn.Linear(300, 4096), (8, 5, 300))  # (*, in): batch = 40 rows
     sp.switch_point(nn.Conv2d(64, 512, 3, padding=1), (64, 64, 8, 8))
-    assert calls[0] == ((512, 300), (40, 300))
+    assert calls[0] == ((2048, 300), (40, 300))
     assert calls[1] == ((128, 64, 3, 3), (16, 64, 8, 8))
+
+
+def test_noisy_measurement_is_used_but_not_saved(monkeypatch, tmp_path):
+    monkeypatch.setattr(sp, "_measure", lambda probe, shape: (0.9, False))
+    assert sp.switch_point(nn.Linear(8, 8), (4, 8)) == 0.9
+    assert not (tmp_path / "switch_points.json").exists()
 
 
 def test_corrupt_cache_file_is_ignored(monkeypatch, tmp_path):

@@ -4,11 +4,13 @@ training step (forward + backward) costs what the dense one does, on this machin
 The kernels' cost is close to linear in the kept weights, ``t(d) = a + b * d`` at density
 ``d``, while the dense layer's is a constant ``T``. Timing the layer's own shape and batch
 dense and at two densities gives ``a``, ``b`` and ``T``; the switch point is the
-sparsity ``1 - (T - a) / b`` where the line crosses ``T``. The probe is a slice of the
-layer (at most 512 output rows, 16 images for a convolution: both forms scale linearly
-in those), so it costs a few dense steps of the layer, once: results are cached in the
-process and in ``~/.cache/sparseprop/switch_points.json`` (``SPARSEPROP_CACHE_DIR``
-moves it), keyed by shape, batch, ISA and threads.
+sparsity ``1 - (T - a) / b`` where the line crosses ``T``. The probe is the layer's shape
+with at most 2048 output rows (128 channels and 16 images for a convolution; a thinner
+slice would time thread start-up more than arithmetic), so it costs a few dense steps of
+the layer, once: results are cached in the process and in
+``~/.cache/sparseprop/switch_points.json`` (``SPARSEPROP_CACHE_DIR`` moves it), keyed by
+shape, batch, ISA and threads. A measurement whose repeats disagree by more than 30% (a
+busy machine) is used but not written to the file.
 
 The point is kept in ``[0.5, 0.99]``: below 50% sparsity CSR (4-byte value + 4-byte
 index per kept weight) would use more memory than the dense weight. The environment
@@ -33,10 +35,12 @@ __all__ = ["switch_point", "FLOOR", "CEILING", "FALLBACK", "clear_switch_point_c
 
 FLOOR, CEILING = 0.5, 0.99
 FALLBACK = 0.7  # before a layer has seen an input (its batch is unknown)
-_PROBE_ROWS = 512
+_PROBE_ROWS = 2048
+_PROBE_CHANNELS = 128
 _PROBE_IMAGES = 16
-_DENSITIES = (0.5, 0.1)
-_REPEATS = 5
+_DENSITIES = (0.4, 0.1)
+_REPEATS = 3
+_NOISY = 1.3  # slowest / fastest repeat of one configuration above this: do not persist
 _VERSION = 1
 _memory: Dict[str, float] = {}
 
@@ -77,7 +81,7 @@ def _probe_modules(module: nn.Module, input_shape: Sequence[int]) -> Tuple[nn.Mo
         rows = max(1, math.prod(input_shape[:-1]))
         return nn.Linear(n_in, min(n_out, _PROBE_ROWS)), (rows, n_in)
     groups = module.groups
-    out = module.out_channels if groups > 1 else min(module.out_channels, _PROBE_ROWS // 4)
+    out = module.out_channels if groups > 1 else min(module.out_channels, _PROBE_CHANNELS)
     shape = tuple(input_shape)
     if len(shape) == 3:
         shape = (1,) + shape
@@ -105,7 +109,8 @@ def _step_time(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def _measure(probe: nn.Module, shape: Tuple[int, ...]) -> float:
+def _measure(probe: nn.Module, shape: Tuple[int, ...]) -> Tuple[float, bool]:
+    """``(switch point, steady)``: steady is False when the repeats disagree (noise)."""
     from ..modules import SparseConv2d, SparseLinear
 
     gen = torch.Generator().manual_seed(0)
@@ -119,19 +124,20 @@ def _measure(probe: nn.Module, shape: Tuple[int, ...]) -> float:
                                  gen).mask().view(probe.weight.shape)
         sparse.append(cls.from_dense(probe, mask=mask))
     modules = [probe] + sparse
-    best = [math.inf] * len(modules)
+    times = [[] for _ in modules]
     for m in modules:  # warm up (plans, scratch buffers, first-touch pages)
         _step_time(m, x, grad)
     for _ in range(_REPEATS):  # interleaved; the minimum drops other processes' noise
         for i, m in enumerate(modules):
-            best[i] = min(best[i], _step_time(m, x, grad))
-    dense, (t_hi, t_lo) = best[0], best[1:]
+            times[i].append(_step_time(m, x, grad))
+    steady = all(max(t) <= _NOISY * min(t) for t in times)
+    dense, t_hi, t_lo = (min(t) for t in times)
     (d_hi, d_lo) = _DENSITIES
     slope = (t_hi - t_lo) / (d_hi - d_lo)
     if slope <= 0:  # noise swamped the difference: decide by the sparser probe alone
-        return FLOOR if t_lo < dense else CEILING
+        return (FLOOR if t_lo < dense else CEILING), False
     density = (dense - (t_lo - slope * d_lo)) / slope
-    return min(CEILING, max(FLOOR, 1.0 - density))
+    return min(CEILING, max(FLOOR, 1.0 - density)), steady
 
 
 def _load_disk() -> Dict[str, float]:
@@ -174,8 +180,9 @@ def switch_point(module: nn.Module, input_shape: Optional[Sequence[int]]) -> flo
             _memory[key] = disk[key]
         else:
             with torch.enable_grad():
-                _memory[key] = _measure(probe, shape)
-            _save_disk(key, _memory[key])
+                _memory[key], steady = _measure(probe, shape)
+            if steady:
+                _save_disk(key, _memory[key])
     return _memory[key]
 
 
