@@ -6,7 +6,8 @@ The kernels' cost is close to linear in the kept weights, ``t(d) = a + b * d`` a
 dense and at two densities gives ``a``, ``b`` and ``T``; the switch point is the
 sparsity ``1 - (T - a) / b`` where the line crosses ``T``. The probe is the layer's shape
 with at most 2048 output rows (128 channels and 16 images for a convolution; a thinner
-slice would time thread start-up more than arithmetic), so it costs a few dense steps of
+slice times per-call overhead more than arithmetic: 1024 rows of a 4096x4096 layer
+read 0.66-0.70 where the whole layer reads 0.58), so it costs a few dense steps of
 the layer, once: results are cached in the process and in
 ``~/.cache/sparseprop/switch_points.json`` (``SPARSEPROP_CACHE_DIR`` moves it), keyed by
 shape, batch, ISA and threads. A measurement whose repeats disagree by more than 30% (a
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from .._backend import get_isa, get_num_threads
-from ..csr import CSRPattern
+from ._fast_pattern import gather_at, pattern_of_mask
 
 __all__ = ["switch_point", "FLOOR", "CEILING", "FALLBACK", "clear_switch_point_cache"]
 
@@ -111,18 +112,19 @@ def _step_time(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
 
 def _measure(probe: nn.Module, shape: Tuple[int, ...]) -> Tuple[float, bool]:
     """``(switch point, steady)``: steady is False when the repeats disagree (noise)."""
-    from ..modules import SparseConv2d, SparseLinear
+    from ._layers import _empty_sparse_twin
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).requires_grad_(True)
     with torch.no_grad():
         grad = torch.randn(probe(x).shape, generator=gen)
     sparse = []
-    for density in _DENSITIES:
-        cls = SparseLinear if isinstance(probe, nn.Linear) else SparseConv2d
-        mask = CSRPattern.random(probe.weight.shape[0], probe.weight[0].numel(), 1.0 - density,
-                                 gen).mask().view(probe.weight.shape)
-        sparse.append(cls.from_dense(probe, mask=mask))
+    for density in _DENSITIES:  # random positions at about that density (timing only)
+        twin = _empty_sparse_twin(probe)
+        mask = torch.rand(probe.weight.shape, generator=gen) < density
+        positions, pattern = pattern_of_mask(mask, twin.pattern_shape)
+        twin.set_pattern(pattern, gather_at(positions)(probe.weight))
+        sparse.append(twin)
     modules = [probe] + sparse
     times = [[] for _ in modules]
     for m in modules:  # warm up (plans, scratch buffers, first-touch pages)
