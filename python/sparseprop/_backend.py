@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
 from typing import Iterator, List, Optional
 
 import numpy as np
@@ -193,3 +195,19 @@ def as_numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     if t is None:
         return None
     return t.detach().numpy() if t.requires_grad else t.numpy()  # detach costs ~0.5 us
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU's model name (for reports, and to key measurements by machine)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        info = ""
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        for line in info.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() == key and v.strip():
+                return v.strip()
+    return platform.processor() or platform.machine() or "unknown"

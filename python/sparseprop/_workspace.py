@@ -145,7 +145,7 @@ def set_cache_limit(nbytes: int) -> None:
     with _lock:
         _limit = nbytes
         _make_room(0)
-    _trim()
+    trim_heap()
 
 
 def get_cache_limit() -> int:
@@ -169,7 +169,7 @@ def empty_cache() -> None:
         _classes.clear()
         _lru.clear()
         _held_bytes = 0
-    _trim()
+    trim_heap()
 
 
 def _load_malloc_trim():
@@ -186,7 +186,7 @@ def _load_malloc_trim():
 _malloc_trim = _load_malloc_trim()
 
 
-def _trim() -> None:
+def trim_heap() -> None:
     # glibc keeps freed small and medium blocks in its heap; this returns whole free
     # pages of it to the OS.
     if _malloc_trim is not None:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 import sparseprop
+from ._backend import cpu_model
 
 DEFAULT_SHAPES = "768x3072,3072x768,1024x1024,4096x4096"
 DEFAULT_BATCHES = "1,16,256"
@@ -255,20 +256,6 @@ def bench_config(sparse: sparseprop.SparseLinear, dense: nn.Linear, batch: int, 
 # ----------------------------------------------------------------------------------------
 # reporting
 # ----------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        info = ""
-    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
-        for line in info.splitlines():
-            k, _, v = line.partition(":")
-            if k.strip() == key and v.strip():
-                return v.strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def header_lines() -> List[str]:
     cfg = sparseprop.config()
     return [

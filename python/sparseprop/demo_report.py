@@ -26,6 +26,10 @@ class RunLog:
     sparsity: List[float] = field(default_factory=list)   # sparsity of the pruned layers
     setup: float = 0.0  # pruning before the first step (at-initialization algorithms)
     param_bytes: int = 0
+    clock: List[float] = field(default_factory=list)  # wall time (s) since the run began, per step
+    losses: List[float] = field(default_factory=list)  # training loss, per step
+    peak_rss: int = 0  # highest resident memory (bytes) sampled after a backward pass
+    base_rss: int = 0  # resident memory just before the run built its model
 
     @property
     def total(self) -> float:
@@ -96,19 +100,38 @@ def epoch_times(dense: RunLog, sparse: RunLog) -> Tuple[float, float, str]:
     return median(dense.times), median(sparse.times), which
 
 
+def rss_bytes() -> int:
+    """The process's resident memory now (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):  # pragma: no cover - not Linux
+        return 0
+
+
 def results_table(dense: RunLog, sparse: RunLog) -> str:
     d_t, s_t, which = epoch_times(dense, sparse)
-    headers = ("run", "test acc", "s/epoch", "speedup", "total s", "parameters", "")
+    headers = ("run", "test acc", "s/epoch", "speedup", "total s", "end to end", "peak RSS",
+               "run's own", "parameters", "")
     rows = []
     for log, t in ((dense, d_t), (sparse, s_t)):
         smaller = f"{dense.param_bytes / log.param_bytes:.1f}x smaller" if log is sparse else ""
+        rss = fmt_bytes(log.peak_rss) if log.peak_rss else "n/a"
+        own = fmt_bytes(log.peak_rss - log.base_rss) if log.peak_rss and log.base_rss else "n/a"
         rows.append((log.label, f"{log.accs[-1]:.1f}%", f"{t:.3f}", f"{d_t / t:.2f}x",
-                     f"{log.total:.1f}", fmt_bytes(log.param_bytes), smaller))
-    table = Table(headers, "lrrrrrl").text(rows)
+                     f"{log.total:.1f}", f"{dense.total / log.total:.2f}x", rss, own,
+                     fmt_bytes(log.param_bytes), smaller))
+    table = Table(headers, "lrrrrrrrrl").text(rows)
     notes = [
         f"s/epoch: median training time per epoch ({which}); speedup = dense s/epoch / s/epoch.",
         f"total s: the whole run's training time, pruning (also at initialization) and any dense "
         f"phase included (end to end {dense.total / sparse.total:.2f}x); evaluation excluded.",
+        "end to end = dense total s / total s: what a user timing the whole run sees.",
+        "peak RSS: the process's highest resident memory sampled after each backward pass of "
+        "the run (the other run's model is freed first); run's own: peak RSS minus the "
+        "resident memory just before the run built its model (what the run itself added: "
+        "model, optimizer state, activations, pruning; not what the process kept from "
+        "earlier, e.g. library code first touched by the dense run).",
         "parameters: parameters + sparse pattern buffers (indptr, indices), as "
         "sparseprop.summary counts them.",
     ]
@@ -168,31 +191,33 @@ def require_matplotlib() -> None:
 
 
 def save_plot(path: str, dense: RunLog, sparse: RunLog, title: str) -> None:
-    """Two panels: test accuracy per epoch, and seconds per epoch with the sparse run's
-    sparsity on a second axis (the time drops as the pruned layers go sparse)."""
+    """Two panels on one wall-clock axis (seconds since each run began, pruning included):
+    training loss per step, and test accuracy at each epoch's end, so the faster run's
+    curves end earlier (the sparse run's sparsity on a second axis)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    epochs = list(range(1, len(dense.accs) + 1))
-    fig, (ax_acc, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for log, style in ((dense, "o-"), (sparse, "s-")):
-        ax_acc.plot(epochs, log.accs, style, label=log.label)
-        ax_time.plot(epochs, log.times, style, label=log.label)
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
-    ax_time.set(xlabel="epoch", ylabel="seconds per epoch", title="speed", ylim=(0, None))
-    ax_sparsity = ax_time.twinx()
-    ax_sparsity.plot(epochs, [100 * s for s in sparse.sparsity], ":", color="gray",
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for log, style in ((dense, "-"), (sparse, "-")):
+        line, = ax_loss.plot(log.clock, log.losses, style, label=f"{log.label} ({log.total:.1f} s)")
+        ends = [log.setup + sum(log.times[:i + 1]) for i in range(len(log.times))]
+        ax_acc.plot(ends, log.accs, "o-", color=line.get_color(), label=log.label)
+    ax_loss.set(xlabel="wall time (s)", ylabel="training loss", title="loss", yscale="log")
+    ax_acc.set(xlabel="wall time (s)", ylabel="test accuracy (%)", title="accuracy")
+    ax_sparsity = ax_acc.twinx()
+    ends = [sparse.setup + sum(sparse.times[:i + 1]) for i in range(len(sparse.times))]
+    ax_sparsity.plot(ends, [100 * s for s in sparse.sparsity], ":", color="gray",
                      label=f"{sparse.label} sparsity")
     ax_sparsity.set(ylabel="sparsity of pruned layers (%)", ylim=(0, 100))
-    for ax in (ax_acc, ax_time):
+    for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
-    lines = ax_time.get_legend_handles_labels()
+        ax.set_xlim(0, None)
+    ax_loss.legend(loc="upper right")
+    lines = ax_acc.get_legend_handles_labels()
     extra = ax_sparsity.get_legend_handles_labels()
-    ax_time.legend(lines[0] + extra[0], lines[1] + extra[1], loc="center right", framealpha=0.9)
-    ax_acc.legend(loc="lower right")
+    ax_acc.legend(lines[0] + extra[0], lines[1] + extra[1], loc="center right", framealpha=0.9)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=110)

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from .._sparse_module import SparseWeightModule
-from ..module_tree import (NamesArg, conversion_blocker, dense_twin, module_occurrences, replace_all,
-                           select_modules, shared_parameter_users, sparse_twin)
+from ..module_tree import (NamesArg, conversion_blocker, dense_twin, empty_sparse_twin,
+                           module_occurrences, replace_all, select_modules, shared_parameter_users)
 from ..modules import SparseConv2d, SparseLinear
 from ..optim_state import state_tensors, swap_parameter, update_pattern
+from ..topk_select import top_k_mask
+from ._fast_pattern import gather_at, keep_entries, pattern_of_mask
+from .switch_point import resolve_sparse_from
 
 _DENSE_TYPES = (nn.Linear, nn.Conv2d)
 _SPARSE_TYPES = (SparseLinear, SparseConv2d)
@@ -36,16 +40,36 @@ class Layer:
     def __init__(self, name: str, names: List[str], module: nn.Module) -> None:
         self.name, self.names, self.module = name, names, module
         self.dense_mask: Optional[torch.Tensor] = None  # None: nothing pruned
-        self._grad_hook = None
+        self._grad_hook = self._mask_hook = None
         self.capture: Optional[torch.Tensor] = None  # dense gradient, while capturing
         self.capturing = False
         self._capture_hook = None
+        self.input_shape: Optional[torch.Size] = None  # of the last forward (its batch)
+        self._shape_hook = None
+        self.watching = True  # False while the pruner's own passes run (SNIP, SynFlow)
 
     def attach(self) -> None:
         """Start masking the gradient of a dense layer's weight (pruners call this once
         their arguments are validated, so a failed constructor leaves no hooks)."""
         if self.is_dense and self._grad_hook is None:
             self._install_grad_hook()
+        self._watch_inputs()
+
+    def _watch_inputs(self) -> None:
+        """Record the largest input shape of the training forwards: ``sparse_from="auto"``
+        needs the layer's batch to know where its sparse kernels start to pay (an epoch's
+        short last batch or an evaluation pass must not change it)."""
+        if self._shape_hook is not None:
+            self._shape_hook.remove()
+
+        def record(module, args):
+            if self.watching and args and isinstance(args[0], torch.Tensor) \
+                    and torch.is_grad_enabled():
+                shape = args[0].shape
+                if self.input_shape is None or shape.numel() > self.input_shape.numel():
+                    self.input_shape = shape
+
+        self._shape_hook = self.module.register_forward_pre_hook(record)
 
     # --- inspection ------------------------------------------------------------------
     @property
@@ -84,7 +108,7 @@ class Layer:
 
     def nnz(self) -> int:
         if self.is_dense:
-            return self.numel if self.dense_mask is None else int(self.dense_mask.sum())
+            return self.numel if self.dense_mask is None else int(torch.count_nonzero(self.dense_mask))
         return self.module.nnz
 
     def parameters(self) -> List[nn.Parameter]:
@@ -96,35 +120,47 @@ class Layer:
         if not self.module.weight.requires_grad:
             return  # a frozen weight gets no gradient; enforce() still applies the mask
 
-        def mask_grad(grad: torch.Tensor) -> torch.Tensor:
-            if self.capturing:
+        def capture_grad(grad: torch.Tensor) -> torch.Tensor:
+            if self.capturing:  # the dense gradient, pruned positions included
                 self.capture = grad.detach().clone() if self.capture is None else self.capture + grad
-            return grad if self.dense_mask is None else grad * self.dense_mask
+            return grad
 
-        self._grad_hook = self.module.weight.register_hook(mask_grad)
+        def mask_grad(param: torch.Tensor) -> None:
+            # In place, once the gradient is accumulated (a hook returning grad * mask
+            # would allocate a full-size tensor every step).
+            if self.dense_mask is not None and param.grad is not None:
+                _zero_pruned(param.grad, self.dense_mask)
+
+        weight = self.module.weight
+        self._grad_hook = weight.register_hook(capture_grad)
+        self._mask_hook = weight.register_post_accumulate_grad_hook(mask_grad)
 
     def remove_hooks(self) -> None:
-        for handle in (self._grad_hook, self._capture_hook):
+        for handle in (self._grad_hook, self._mask_hook, self._capture_hook, self._shape_hook):
             if handle is not None:
                 handle.remove()
-        self._grad_hook = self._capture_hook = None
+        self._grad_hook = self._mask_hook = self._capture_hook = self._shape_hook = None
 
     def enforce(self) -> None:
         """Zero the pruned weights of a dense layer (after an optimizer step)."""
         if self.is_dense and self.dense_mask is not None:
-            with torch.no_grad():
-                self.module.weight.mul_(self.dense_mask)
+            _zero_pruned(self.module.weight, self.dense_mask)
+
+    def _set_dense_mask(self, mask: Optional[torch.Tensor]) -> None:
+        self.dense_mask = None if mask is None else mask.contiguous()
 
     # --- mask changes ---------------------------------------------------------------
     def set_mask(self, model: nn.Module, mask: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
-                 sparse_from: Optional[float]) -> None:
+                 sparse_from) -> None:
         """Keep only ``mask``'s weights (new ones start at zero), switching the module's
-        form if ``sparse_from`` says so."""
+        form if ``sparse_from`` (a number, None or "auto") says so."""
         mask = mask.detach().to("cpu").bool().reshape(self.shape)
-        sparsity = 1.0 - int(mask.sum()) / self.numel if self.numel else 0.0
-        want_sparse = sparse_from is not None and sparsity >= sparse_from and self.convertible(model)
+        sparsity = 1.0 - int(torch.count_nonzero(mask)) / self.numel if self.numel else 0.0
+        threshold = self.switch_at(sparse_from, sparsity)
+        want_sparse = threshold is not None and sparsity >= threshold and self.convertible(model)
         if self.is_dense and want_sparse:
-            self._mask_dense(mask, optimizer)
+            # Only the kept positions are gathered: zeroing the pruned ones first is moot.
+            self._set_dense_mask(mask)
             self._to_sparse(model, optimizer)
             return
         if not self.is_dense and not want_sparse:
@@ -133,6 +169,18 @@ class Layer:
             self._mask_dense(mask, optimizer)
         else:
             update_pattern(self.module, mask, optimizer)
+
+    def switch_at(self, sparse_from, sparsity: float) -> Optional[float]:
+        """The sparsity from which this layer runs sparse (``None``: never), for a mask
+        about to be ``sparsity`` sparse."""
+        return resolve_sparse_from(sparse_from, self.module, self.input_shape, sparsity)
+
+    def keep_top_values(self, k: int, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        """Magnitude-prune a sparse layer inside its sparse form: keep its ``k`` largest
+        |values| (ties by position, as the dense path breaks them), in O(nnz), with no
+        dense weight, score or mask."""
+        scores = self.module.values.detach().abs()
+        keep_entries(self.module, top_k_mask(scores, k), optimizer)
 
     def convertible(self, model: nn.Module) -> bool:
         """Can this layer run on the sparse kernels? (``module_tree.conversion_blocker``:
@@ -144,27 +192,29 @@ class Layer:
 
     def _mask_dense(self, mask: torch.Tensor, optimizer) -> None:
         param = self.module.weight
-        self.dense_mask = None if bool(mask.all()) else mask
+        self._set_dense_mask(None if bool(mask.all()) else mask)
         if self.dense_mask is None:
             return
-        with torch.no_grad():
-            param.mul_(mask)
-            if param.grad is not None:
-                param.grad.mul_(mask)
-            for value in state_tensors(optimizer, param, param.shape):
-                value.mul_(mask)
+        for value in [param] + ([param.grad] if param.grad is not None else []) \
+                + list(state_tensors(optimizer, param, param.shape)):
+            _zero_pruned(value, self.dense_mask)
 
     def _to_sparse(self, model: nn.Module, optimizer) -> None:
         dense = self.module
         mask = self.dense_mask if self.dense_mask is not None else torch.ones(self.shape, dtype=torch.bool)
-        sparse = sparse_twin(dense, mask=mask)
-        pattern = sparse.pattern
+        sparse = empty_sparse_twin(dense, dense.bias is not None)
+        # The mask's True entries in row-major order are the CSR storage order: the
+        # values and the optimizer state are gathers at those positions (no search).
+        positions, pattern = pattern_of_mask(mask, sparse.pattern_shape)
+        take = gather_at(positions)
+        sparse.set_pattern(pattern, take(dense.weight))
         if dense.bias is not None:
             sparse.bias = dense.bias  # the same Parameter: the optimizer keeps its state
-        swap_parameter(optimizer, dense.weight, sparse.values,
-                        lambda t: pattern.gather(t.reshape(pattern.shape)))
+        sparse.train(dense.training)
+        sparse.values.requires_grad_(dense.weight.requires_grad)
+        swap_parameter(optimizer, dense.weight, sparse.values, take)
         self.remove_hooks()
-        self.dense_mask = None
+        self._set_dense_mask(None)
         self._install(model, sparse)
 
     def _to_dense(self, model: nn.Module, optimizer) -> None:
@@ -177,7 +227,9 @@ class Layer:
         dense = dense_twin(sparse)
         if sparse.bias is not None:
             dense.bias = sparse.bias
-        self.dense_mask = pattern.mask().view(self.shape)
+        dense.train(sparse.training)
+        dense.weight.requires_grad_(sparse.values.requires_grad)
+        self._set_dense_mask(pattern.mask().view(self.shape))
         swap_parameter(optimizer, sparse.values, dense.weight,
                         lambda t: pattern.to_dense(t).view(self.shape))
         self.remove_hooks()
@@ -190,6 +242,7 @@ class Layer:
             raise RuntimeError(f"layer '{self.name}' changed form while capturing a gradient")
         self.module = module
         replace_all(model, self.names, module)
+        self._watch_inputs()
 
     # --- dense gradient capture (for regrowth and saliency scores) -----------------------
     def start_capture(self) -> None:
@@ -220,6 +273,19 @@ class Layer:
             self._capture_hook, self._saved_io = None, []
         self.capturing, self.capture = False, None
         return grad
+
+
+def _zero_pruned(t: torch.Tensor, mask: torch.Tensor) -> None:
+    """``t *= mask`` in place. Numpy multiplies by a bool array ~6x faster than torch
+    (which promotes every element), and a float copy of the mask would cost 4 bytes per
+    weight of resident memory."""
+    with torch.no_grad():
+        if t.is_contiguous() and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+            data = t.detach().numpy()
+            np.multiply(data, mask.numpy(), out=data)
+            t.view(-1)[:0].zero_()  # an in-place op, so autograd's version counter moves
+        else:
+            t.mul_(mask)
 
 
 def _dense_weight_grad(module: SparseWeightModule, x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,7 @@ def global_masks(scores: Scores, sparsity: float, allowed: Optional[Scores] = No
     reserved = {name: topk_mask(score, math.ceil(min_keep * score.numel()),
                                 None if allowed is None else allowed[name])
                 for name, score in scores.items()}
-    n_reserved = sum(int(m.sum()) for m in reserved.values())
+    n_reserved = sum(int(torch.count_nonzero(m)) for m in reserved.values())
     if n_reserved > budget:
         raise ValueError(f"min_keep={min_keep} keeps {n_reserved} weights, more than the "
                          f"{budget} a sparsity of {sparsity} allows")
@@ -117,10 +117,8 @@ def global_masks(scores: Scores, sparsity: float, allowed: Optional[Scores] = No
             candidates &= allowed[name].bool()
         flat.append(scores[name].detach().float().flatten().masked_fill(~candidates.flatten(), -math.inf))
     flat = torch.cat(flat)
-    k = min(budget - n_reserved, int(torch.isfinite(flat).sum()))
-    keep = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(flat, k, sorted=False).indices] = True
+    k = min(budget - n_reserved, int(torch.count_nonzero(torch.isfinite(flat))))
+    keep = top_k_mask(flat, k)
     masks, offset = {}, 0
     for name in names:
         n = scores[name].numel()

@@ -16,11 +16,12 @@ form and mask it had), then ``model.load_state_dict(...)`` and
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from .._workspace import trim_heap
 from ..csr import check_sparsity
 from ._layers import Layer, NamesArg, find_layers
 
@@ -38,7 +39,10 @@ class Pruner:
             or a regular expression matched against the whole name.
         sparse_from: a layer at least this sparse runs on the sparse kernels (its module
             is swapped for ``SparseLinear`` / ``SparseConv2d``), below it as a masked
-            dense layer. ``None`` keeps every layer dense (masks only).
+            dense layer. ``"auto"`` (default): each layer's own switch point, where its
+            sparse step costs what its dense step does for its shape and batch on this
+            machine (measured once and cached, see :mod:`.switch_point`; 0.7 before the
+            layer has seen an input). ``None`` keeps every layer dense (masks only).
         unit: ``"step"``: :meth:`step` advances the schedule (times are optimizer steps);
             ``"epoch"``: :meth:`epoch_step` does (times are epochs) and :meth:`step` only
             enforces the masks.
@@ -49,14 +53,15 @@ class Pruner:
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, *,
                  layers: NamesArg = None, exclude: NamesArg = None,
-                 sparse_from: Optional[float] = 0.7, unit: str = "step", seed: int = 0) -> None:
+                 sparse_from: Union[None, float, str] = "auto", unit: str = "step",
+                 seed: int = 0) -> None:
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, "
                             f"got {type(optimizer).__name__}")
         if unit not in ("step", "epoch"):
             raise ValueError(f"unit must be 'step' or 'epoch', got {unit!r}")
         self.model, self.optimizer, self.unit = model, optimizer, unit
-        self.sparse_from = None if sparse_from is None else check_sparsity(sparse_from, "sparse_from")
+        self.sparse_from = _check_sparse_from(sparse_from)
         self.layers: Dict[str, Layer] = find_layers(model, layers, exclude)
         self.t = 0
         self.history: List[Dict[str, Any]] = []
@@ -89,7 +94,13 @@ class Pruner:
         grads = None
         if any(layer.capturing for layer in self.layers.values()):
             grads = {name: layer.stop_capture() for name, layer in self.layers.items()}
-        changed = self._update(t, grads)
+        for layer in self.layers.values():  # scoring passes are not training batches
+            layer.watching = False
+        try:
+            changed = self._update(t, grads)
+        finally:
+            for layer in self.layers.values():
+                layer.watching = True
         if self.needs_gradients and self._wants_gradients(t + 1):
             for layer in self.layers.values():
                 layer.start_capture()
@@ -122,6 +133,7 @@ class Pruner:
         for name, mask in masks.items():
             self.layers[name].set_mask(self.model, mask, self.optimizer, self.sparse_from)
         self._log()
+        trim_heap()  # the update's full-size temporaries go back to the OS, not into the heap
 
     def _log(self) -> None:
         counts = self._counts()  # counting a dense mask is a full pass: once per entry
@@ -197,6 +209,17 @@ class Pruner:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(layers={len(self.layers)}, t={self.t}, "
                 f"sparsity={self.sparsity():.4f})")
+
+
+def _check_sparse_from(sparse_from):
+    if sparse_from is None:
+        return None
+    if isinstance(sparse_from, str):
+        if sparse_from != "auto":
+            raise ValueError(f"sparse_from must be a number in [0, 1], None or 'auto', "
+                             f"got {sparse_from!r}")
+        return sparse_from
+    return check_sparsity(sparse_from, "sparse_from")
 
 
 def _pruned_fraction(kept: int, total: int) -> float:

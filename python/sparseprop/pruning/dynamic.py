@@ -55,7 +55,7 @@ class ACDCPruner(Pruner):
 def drop_and_grow(weight: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor, count: int) -> torch.Tensor:
     """RigL's update of one layer: drop the ``count`` smallest-magnitude kept weights, then
     grow the ``count`` positions outside the remaining mask with the largest |gradient|."""
-    nnz = int(mask.sum())
+    nnz = int(torch.count_nonzero(mask))
     count = min(count, nnz, mask.numel() - nnz)
     if count <= 0:
         return mask
@@ -113,7 +113,7 @@ class RigLPruner(Pruner):
         masks = {}
         for name, layer in self.layers.items():
             mask = layer.mask()
-            count = int(fraction * int(mask.sum()))
+            count = int(fraction * int(torch.count_nonzero(mask)))
             masks[name] = drop_and_grow(layer.weight(), mask, grads[name], count)
         self.apply_masks(masks)
         self.updates += 1
@@ -171,7 +171,7 @@ class GraNetPruner(Pruner):
             fraction = self.regrow_schedule.fraction(t)
             weights = self.weights()
             for name in masks:
-                count = int(fraction * int(masks[name].sum()))
+                count = int(fraction * int(torch.count_nonzero(masks[name])))
                 masks[name] = drop_and_grow(weights[name], masks[name], grads[name], count)
         self.apply_masks(masks)
         return True

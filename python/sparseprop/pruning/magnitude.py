@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .._validation import check_count as _check_count, renamed_keyword
+from ..csr import nnz_for, topk_mask
 from .allocation import allocate, check_allocation, check_target
 from .base import Pruner
 from .schedules import GradualSchedule, IterativeSchedule
@@ -63,11 +64,41 @@ class MagnitudePruner(Pruner):
 
     def prune_to(self, sparsity: float) -> None:
         """Keep the top-scoring weights (among those kept so far) at ``sparsity``."""
-        weights = self.weights()
+        if self._unchanged(sparsity):
+            self._log()  # every layer already keeps what the target keeps: no ranking
+            return
+        layers = self.layers
+        if self.allocation == "uniform" and self.score == "magnitude":
+            # Sparse layers prune inside their form (never below sparse_from again: pruning
+            # only raises sparsity); only dense layers need dense scores and masks.
+            masks = {}
+            for name, layer in layers.items():
+                k = nnz_for(sparsity, layer.numel)
+                if not layer.is_dense:
+                    layer.keep_top_values(k, self.optimizer)
+                else:  # |w| is a fresh tensor: rank inside it (pruned weights are excluded)
+                    score = layer.module.weight.detach().abs()
+                    masks[name] = topk_mask(score, k, layer.dense_mask, overwrite=True)
+            self.apply_masks(masks)
+            return
+        weights = {n: layer.weight() for n, layer in layers.items()}
         scores = {n: self.score_fn(w) for n, w in weights.items()}
-        masks = allocate(scores, sparsity, self.allocation, self.masks(), self.min_keep,
-                         self.kernels())
+        allowed = {n: layer.mask() for n, layer in layers.items()}
+        kernels = {n: layer.kernel for n, layer in layers.items()}
+        masks = allocate(scores, sparsity, self.allocation, allowed, self.min_keep, kernels) \
+            if layers else {}
         self.apply_masks(masks)
+
+    def _unchanged(self, sparsity: float) -> bool:
+        """True when pruning to ``sparsity`` keeps every weight kept now (only weights kept
+        so far can be kept, so equal counts mean equal masks): tick 0 at sparsity 0, or a
+        schedule step that does not move the target."""
+        if self.allocation not in ("uniform", "global") or self.min_keep:
+            return False
+        counts = self._counts()
+        if self.allocation == "uniform":
+            return all(kept == nnz_for(sparsity, total) for kept, total in counts.values())
+        return sum(k for k, _ in counts.values()) == nnz_for(sparsity, sum(t for _, t in counts.values()))
 
 
 class GradualMagnitudePruner(MagnitudePruner):
