@@ -328,7 +328,10 @@ class _SparseConv2dFn(torch.autograd.Function):
                         ys, get_num_threads())
         ctx.pattern, ctx.spec, ctx.plan = pattern, spec, plan
         ctx.chwn_input = is_chwn(x)
-        ctx.save_for_backward(xp, values)
+        # Save the input, not its padded phase copy: like nn.Conv2d, the conv then keeps
+        # no activation-sized memory of its own alive until backward (the input is kept
+        # anyway by whoever produced it, e.g. a ReLU), at the price of redoing the copy.
+        ctx.save_for_backward(x, values)
         # The output stays in the kernels' layout: an NCHW-shaped view with CHWN strides
         # (conv_layout), which the next BatchNorm/ReLU/add/sparse conv keep as it is.
         return chwn_output(y.view(o, oh, ow, n))
@@ -338,8 +341,9 @@ class _SparseConv2dFn(torch.autograd.Function):
     def backward(ctx, grad_y):
         pattern, spec, plan = ctx.pattern, ctx.spec, ctx.plan
         pattern.expect_current()  # the plan was built from the pattern the forward saw
-        xp, values = ctx.saved_tensors
+        x, values = ctx.saved_tensors
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
+        xp = to_phases(x, spec, plan) if need_values else None
         threads = get_num_threads()
         o, oh, ow, n = spec.out_channels, plan.oh, plan.ow, plan.n
         indptr, _ = pattern.numpy()
