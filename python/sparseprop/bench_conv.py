@@ -32,7 +32,10 @@ measured with ``torch.profiler`` on a few further steps of each model; see
 :func:`profile_step` for the method. ``--ops N`` prints the N ops with the most
 self time in the sparse model's step next to the dense model's (:func:`op_self_ms`).
 Peak resident memory of each model is measured in a fresh process per model
-(:mod:`sparseprop._resnet_rss`; ``--rss-steps``, 0 skips).
+(:mod:`sparseprop._resnet_rss`; ``--rss-steps``, 0 skips). ``--gmp-steps N`` adds a
+prune-from-dense run (:mod:`sparseprop._resnet_gmp`): N steps of the dense ResNet-18
+under ``GradualMagnitudePruner`` to ``--gmp-sparsity`` against N plain dense steps,
+whole-run wall time, mask updates and layer swaps included.
 """
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _rati
                     header_lines, run_settings, time_interleaved_samples)
 from .conv import STRATEGIES, set_strategy
 from .models import count_params, densify, resnet18_cifar, sparsify_convs
+from ._resnet_gmp import GMP_COLUMNS, gmp_cells, gmp_vs_dense
 from ._resnet_rss import peak_rss_mib
 
 
@@ -747,6 +751,12 @@ def build_resnet18_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", type=int, default=0, metavar="N",
                    help="also print the N ops with the most self CPU time in the sparse model's "
                         "profiled step, next to the dense model's (default 0: off)")
+    p.add_argument("--gmp-steps", type=int, default=0, metavar="N",
+                   help="also time a prune-from-dense run: N SGD steps under gradual magnitude "
+                        "pruning (cubic ramp over the first half) against N dense steps, at the "
+                        "first --batch (default 0: off; a few hundred for a real figure)")
+    p.add_argument("--gmp-sparsity", type=float, default=0.9,
+                   help="final sparsity of the --gmp-steps run (default 0.9)")
     _common_options(p, 1.0, "steps per model; default: adaptive, --min-time per model, 5..20")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: batch {QUICK_STEP_BATCHES}, sparsity {QUICK_STEP_SPARSITIES}, "
@@ -770,6 +780,10 @@ def main_resnet18(argv: Optional[Sequence[str]] = None) -> int:
     rss_steps = args.rss_steps if args.rss_steps is not None else (1 if args.quick else 2)
     if rss_steps < 0 or args.ops < 0:
         parser.error("--rss-steps and --ops must be >= 0")
+    if args.gmp_steps == 1 or args.gmp_steps < 0:
+        parser.error("--gmp-steps must be 0 (off) or >= 2")
+    if not 0.0 < args.gmp_sparsity < 1.0:
+        parser.error("--gmp-sparsity must be in (0, 1)")
     args.rss_steps = rss_steps
     with run_settings(parser, threads, args.isa):
         return _run_resnet18(args, batches, sparsities, reps, warmup, profile_steps)
@@ -805,6 +819,13 @@ def _run_resnet18(args, batches, sparsities, reps, warmup, profile_steps) -> int
             print(prefix + STEP_TABLE.plain_row(step_cells(r)), file=progress)
             progress.flush()
             gc.collect()
+    gmp = None
+    if args.gmp_steps:
+        print(f"\nprune-from-dense run: {args.gmp_steps} steps, batch {batches[0]}, GMP to "
+              f"{args.gmp_sparsity:g} (stem and fc dense) vs dense ...", file=progress)
+        progress.flush()
+        gmp = gmp_vs_dense(base, args.gmp_steps, batches[0], args.gmp_sparsity, lr=args.lr,
+                           seed=args.seed)
     elapsed = time.perf_counter() - start
 
     notes = [
@@ -832,6 +853,16 @@ def _run_resnet18(args, batches, sparsities, reps, warmup, profile_steps) -> int
                 for cells in breakdown_cells(r):
                     print(BREAKDOWN_TABLE.plain_row(cells), file=out)
         print("\n" + "\n".join(notes), file=out)
+    if gmp is not None:
+        table = Table(GMP_COLUMNS, [max(len(c), 7) for c in GMP_COLUMNS])
+        print(file=out)
+        if args.markdown:
+            print(table.markdown([gmp_cells(gmp)]), file=out)
+        else:
+            print(table.plain_header(), file=out)
+            print(table.plain_row(gmp_cells(gmp)), file=out)
+        print("end-to-end x: dense run / GMP run, whole runs (one fixed synthetic batch; GMP's "
+              "mask updates, masked-dense steps and layer swaps included)", file=out)
     print(f"\n{len(results)} configuration(s) in {elapsed:.1f} s",
           file=sys.stderr if args.markdown else out)
     if args.csv:
