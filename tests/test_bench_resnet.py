@@ -39,3 +39,39 @@ def test_peak_rss_children_report_plausible_sizes():
     for kind in ("dense", "sparse"):
         mib = peak_rss_mib(kind, 0.9, 2, 1, 1, None)
         assert math.isfinite(mib) and 100 < mib < 8192
+
+
+@pytest.mark.slow
+def test_resnet18_bench_gmp_run_prints_whole_run_ratio(capsys):
+    rc = bench_conv.main_resnet18(["--batch", "2", "--sparsity", "0.9", "--reps", "1", "--warmup", "0",
+                                   "--profile-steps", "0", "--rss-steps", "0", "--gmp-steps", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    header = next(line for line in out.splitlines() if line.startswith("steps"))
+    row = out.splitlines()[out.splitlines().index(header) + 1].split()
+    assert row[:3] == ["4", "2", "0.9"]
+    assert abs(float(row[3]) - 0.9) < 0.01  # the pruner reached the target (ramp: first half)
+    assert float(row[6]) > 0  # end-to-end x
+
+
+@pytest.mark.parametrize("argv", [["--gmp-steps", "1"], ["--gmp-steps", "-2"],
+                                  ["--gmp-sparsity", "1.0"], ["--gmp-sparsity", "0"]])
+def test_resnet18_bench_rejects_bad_gmp_options(argv):
+    with pytest.raises(SystemExit):
+        bench_conv.main_resnet18(argv)
+
+
+def test_gmp_vs_dense_validates_and_leaves_base_alone():
+    import torch
+    from sparseprop._resnet_gmp import gmp_vs_dense
+    from sparseprop.models import resnet18_cifar
+
+    base = resnet18_cifar()
+    with pytest.raises(ValueError, match="steps"):
+        gmp_vs_dense(base, 1, 2)
+    with pytest.raises(ValueError, match="final_sparsity"):
+        gmp_vs_dense(base, 4, 2, final_sparsity=1.0)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    r = gmp_vs_dense(base, 3, 2, end_fraction=1.0)
+    assert r.steps == 3 and r.dense_s > 0 and r.pruned_s > 0 and math.isfinite(r.speedup)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
