@@ -221,7 +221,8 @@ def make_width_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
 def set_strategy(name: str) -> str:
     """Choose how convolutions lay out their data; returns the previous choice.
 
-    * ``"batch"``: the batch-innermost phase layout (transposes in and out),
+    * ``"batch"``: the batch-innermost phase layout (an NCHW input is transposed in; the
+      output stays CHWN-strided, see conv_layout.py),
     * ``"width"``: the native NCHW layout, vectorized along output rows (conv_width.py),
     * ``"auto"`` (default): per call, whichever measured faster (see pick_strategy).
     """
@@ -239,7 +240,9 @@ def pick_strategy(spec: ConvSpec, batch: int, out_width: int, chwn_input: bool =
     where its junk columns ((kW - 1) * dilation per padded row) are under a tenth of
     the work (3x3 on 32x32: 6%; on 16x16: 11%), for 1x1 kernels (no junk, no copies)
     and depthwise ones (so few weights that the batch layout's transposes dominate).
-    Strided convolutions at batch 8 and up ran 20-50% faster in the batch layout."""
+    Strided convolutions at batch 8 and up ran 20-50% faster in the batch layout. An
+    input that is already CHWN-strided (a batch-layout conv's output) takes the batch
+    layout whenever batch > 1: it then needs no transpose at all."""
     if _strategy != "auto":
         return _strategy
     if batch == 1:
