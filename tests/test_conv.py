@@ -740,19 +740,18 @@ def test_auto_strategy_rule():
     assert pick(SparseConv2d(8, 8, 3, stride=2).spec, 1, 32) == "width"   # ... but batch 1
 
 
-def test_width_strategy_saves_the_input_itself_for_1x1(strategy):
-    """Without padding a 1x1 convolution reads x in place: modifying x before backward
-    must fail like it does for nn.Conv2d, never give a silently wrong gradient."""
-    m = SparseConv2d(4, 6, 1, sparsity=0.5)
+@pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 1)])
+def test_conv_saves_the_input_itself(strategy, kernel, padding):
+    """Both layouts save the input itself (not a private padded copy, which would keep
+    an extra activation alive): modifying x before backward must fail as it does for
+    nn.Conv2d, never give a silently wrong gradient."""
+    m = SparseConv2d(4, 6, kernel, padding=padding, sparsity=0.5)
     x = torch.randn(3, 4, 5, 5, requires_grad=True)
     base = x * 1.0
     y = m(base)
     base.add_(1.0)
-    if strategy == "width":
-        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-            y.sum().backward()
-    else:
-        y.sum().backward()  # the batch layout saved its own copy
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
 
 
 @pytest.mark.parametrize("stride,top,left,phase_hw", [

@@ -29,7 +29,13 @@ both compute the same function. Whole steps are timed interleaved, medians.
 Then the share of the step spent *outside* convolutions (BatchNorm, ReLU, residual
 adds, pooling, the linear layer, the loss, gradient accumulation, the optimizer) is
 measured with ``torch.profiler`` on a few further steps of each model; see
-:func:`profile_step` for the method.
+:func:`profile_step` for the method. ``--ops N`` prints the N ops with the most
+self time in the sparse model's step next to the dense model's (:func:`op_self_ms`).
+Peak resident memory of each model is measured in a fresh process per model
+(:mod:`sparseprop._resnet_rss`; ``--rss-steps``, 0 skips). ``--gmp-steps N`` adds a
+prune-from-dense run (:mod:`sparseprop._resnet_gmp`): N steps of the dense ResNet-18
+under ``GradualMagnitudePruner`` to ``--gmp-sparsity`` against N plain dense steps,
+whole-run wall time, mask updates and layer swaps included.
 """
 from __future__ import annotations
 
@@ -58,6 +64,8 @@ from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _rati
 from .conv import STRATEGIES, set_strategy
 from .convert import densify
 from .models import count_params, resnet18_cifar, sparsify_convs
+from ._resnet_gmp import GMP_COLUMNS, gmp_cells, gmp_vs_dense
+from ._resnet_rss import peak_rss_mib
 
 
 # ----------------------------------------------------------------------------------------
@@ -491,6 +499,31 @@ def _annotate_convs(model: nn.Module) -> List:
     return handles
 
 
+def op_self_ms(model: nn.Module, step: Callable[[], object], steps: int) -> Dict[str, float]:
+    """Self CPU ms per step of every op (torch.profiler key) over ``steps`` profiled
+    steps: where the step's time goes, op by op (``--ops``). Self time counts each
+    microsecond once, in the innermost op; a sparse conv's Python-side layout copies
+    and its kernels show as the ``_SparseConv2d(Width)Fn`` entries."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return {e.key: e.self_cpu_time_total * 1e-3 / steps for e in prof.key_averages()}
+
+
+def ops_table_lines(dense: Dict[str, float], sparse: Dict[str, float], top: int) -> List[str]:
+    """The ``top`` ops by sparse-model self time, next to the dense model's time for the
+    same op (ms per step)."""
+    names = sorted(sparse, key=sparse.get, reverse=True)[:top]
+    width = max([len(n) for n in names] + [10])
+    lines = [f"{'op':<{width}}  {'sparse ms':>10}  {'dense ms':>10}"]
+    for n in names:
+        lines.append(f"{n:<{width}}  {sparse[n]:>10.1f}  {dense.get(n, 0.0):>10.1f}")
+    lines.append(f"{'(all ops)':<{width}}  {sum(sparse.values()):>10.1f}  {sum(dense.values()):>10.1f}")
+    return lines
+
+
 def profile_step(model: nn.Module, step: Callable[[], object], steps: int) -> Tuple[float, float, float]:
     """(step ms, dense-conv ms, sparse-conv ms) per step, over ``steps`` profiled steps.
 
@@ -575,6 +608,8 @@ class StepResult:
     sparse_conv_ms: float         # its SparseConv2d layers (forward + backward)
     sparse_stem_ms: float         # its remaining dense convolutions (the stem)
     max_rel_err: float            # logits, dense vs sparse model, before timing
+    dense_rss_mib: float = float("nan")   # peak RSS of a fresh process training it (see _resnet_rss)
+    sparse_rss_mib: float = float("nan")
 
     @property
     def step_x(self) -> float:
@@ -612,8 +647,9 @@ class StepResult:
 
 
 STEP_TABLE = Table(["batch", "sparsity", "dense step ms", "sparse step ms", "step x",
-                    "dense outside-conv %", "sparse outside-conv %", "convs-free x"],
-                   [5, 8, 13, 14, 6, 20, 21, 12], left=0)
+                    "dense outside-conv %", "sparse outside-conv %", "convs-free x",
+                    "dense peak MiB", "sparse peak MiB"],
+                   [5, 8, 13, 14, 6, 20, 21, 12, 14, 15], left=0)
 BREAKDOWN_TABLE = Table(["model", "batch", "profiled step ms", "dense conv ms", "sparse conv ms",
                          "outside-conv ms", "outside-conv %"],
                         [12, 5, 16, 13, 14, 15, 14])
@@ -630,7 +666,12 @@ def _msn(v: float) -> str:
 def step_cells(r: StepResult) -> List[str]:
     return [str(r.batch), f"{r.sparsity:g}", _ms(r.dense_step_ms), _ms(r.sparse_step_ms),
             _x(r.step_x), _pct(r.dense_other_share), _pct(r.sparse_other_share),
-            "n/a" if math.isnan(r.bound_x) else _x(r.bound_x)]
+            "n/a" if math.isnan(r.bound_x) else _x(r.bound_x), _mib(r.dense_rss_mib),
+            _mib(r.sparse_rss_mib)]
+
+
+def _mib(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.0f}"
 
 
 def breakdown_cells(r: StepResult) -> List[List[str]]:
@@ -644,7 +685,8 @@ def breakdown_cells(r: StepResult) -> List[List[str]]:
 def bench_resnet18_step(base: nn.Module, sparsity: float, batch: int, *, reps: Optional[int],
                         warmup: int, target_time: float, profile_steps: int, lr: float = 0.01,
                         seed: int = 0, check: bool = True, min_reps: int = 5,
-                        max_reps: int = 20, num_classes: int = 10) -> StepResult:
+                        max_reps: int = 20, num_classes: int = 10, rss_steps: int = 0,
+                        ops: int = 0, out=None) -> StepResult:
     """Dense vs sparse training step of (a copy of) ``base`` at ``sparsity``."""
     sparse = sparsify_convs(copy.deepcopy(base), sparsity, skip=("conv1",)).train()
     dense = densify(copy.deepcopy(sparse)).train()
@@ -669,10 +711,22 @@ def bench_resnet18_step(base: nn.Module, sparsity: float, batch: int, *, reps: O
     if profile_steps > 0:
         dp, dc, _ = profile_step(dense, dense_step, profile_steps)
         sp, ss, sc = profile_step(sparse, sparse_step, profile_steps)
+    if ops > 0:
+        print(f"\nper-op self CPU time, batch {batch}, sparsity {sparsity:g} (ms per step, "
+              f"{max(profile_steps, 1)} profiled step(s)):", file=out or sys.stdout)
+        steps = max(profile_steps, 1)
+        lines = ops_table_lines(op_self_ms(dense, dense_step, steps),
+                                op_self_ms(sparse, sparse_step, steps), ops)
+        print("\n".join(lines) + "\n", file=out or sys.stdout)
+    drss = srss = nan
+    if rss_steps > 0:
+        threads, isa = sparseprop.get_num_threads(), sparseprop.get_isa()
+        drss = peak_rss_mib("dense", sparsity, batch, rss_steps, threads, isa, seed)
+        srss = peak_rss_mib("sparse", sparsity, batch, rss_steps, threads, isa, seed)
     return StepResult(batch, sparsity, len(sparse_layers), sum(m.nnz for m in sparse_layers),
                       count_params(dense)[0], count_params(sparse)[0], sparseprop.get_num_threads(),
                       sparseprop.get_isa(), len(s[0]), dense_ms, sparse_ms, profile_steps,
-                      dp, dc, sp, sc, ss, err)
+                      dp, dc, sp, sc, ss, err, drss, srss)
 
 
 def build_resnet18_parser() -> argparse.ArgumentParser:
@@ -692,6 +746,18 @@ def build_resnet18_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-steps", type=int, default=None,
                    help="profiled steps per model for the outside-convolution share "
                         "(default 2; 0 skips profiling)")
+    p.add_argument("--rss-steps", type=int, default=None,
+                   help="training steps of each model in its own fresh process, for its peak "
+                        "resident memory (default 2, --quick 1; 0 skips)")
+    p.add_argument("--ops", type=int, default=0, metavar="N",
+                   help="also print the N ops with the most self CPU time in the sparse model's "
+                        "profiled step, next to the dense model's (default 0: off)")
+    p.add_argument("--gmp-steps", type=int, default=0, metavar="N",
+                   help="also time a prune-from-dense run: N SGD steps under gradual magnitude "
+                        "pruning (cubic ramp over the first half) against N dense steps, at the "
+                        "first --batch (default 0: off; a few hundred for a real figure)")
+    p.add_argument("--gmp-sparsity", type=float, default=0.9,
+                   help="final sparsity of the --gmp-steps run (default 0.9)")
     _common_options(p, 1.0, "steps per model; default: adaptive, --min-time per model, 5..20")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: batch {QUICK_STEP_BATCHES}, sparsity {QUICK_STEP_SPARSITIES}, "
@@ -712,6 +778,14 @@ def main_resnet18(argv: Optional[Sequence[str]] = None) -> int:
     _check_counts(parser, reps, warmup, threads)
     if profile_steps < 0:
         parser.error("--profile-steps must be >= 0")
+    rss_steps = args.rss_steps if args.rss_steps is not None else (1 if args.quick else 2)
+    if rss_steps < 0 or args.ops < 0:
+        parser.error("--rss-steps and --ops must be >= 0")
+    if args.gmp_steps == 1 or args.gmp_steps < 0:
+        parser.error("--gmp-steps must be 0 (off) or >= 2")
+    if not 0.0 < args.gmp_sparsity < 1.0:
+        parser.error("--gmp-sparsity must be in (0, 1)")
+    args.rss_steps = rss_steps
     with run_settings(parser, threads, args.isa):
         return _run_resnet18(args, batches, sparsities, reps, warmup, profile_steps)
 
@@ -736,7 +810,8 @@ def _run_resnet18(args, batches, sparsities, reps, warmup, profile_steps) -> int
         for sparsity in sparsities:
             r = bench_resnet18_step(base, sparsity, batch, reps=reps, warmup=warmup,
                                     target_time=args.min_time, profile_steps=profile_steps,
-                                    lr=args.lr, seed=args.seed, check=not args.no_check)
+                                    lr=args.lr, seed=args.seed, check=not args.no_check,
+                                    rss_steps=args.rss_steps, ops=args.ops, out=progress)
             results.append(r)
             if not args.no_check and not (r.max_rel_err <= 1e-3):
                 print(f"WARNING: batch {batch} sparsity {sparsity:g}: dense and sparse models' "
@@ -745,6 +820,13 @@ def _run_resnet18(args, batches, sparsities, reps, warmup, profile_steps) -> int
             print(prefix + STEP_TABLE.plain_row(step_cells(r)), file=progress)
             progress.flush()
             gc.collect()
+    gmp = None
+    if args.gmp_steps:
+        print(f"\nprune-from-dense run: {args.gmp_steps} steps, batch {batches[0]}, GMP to "
+              f"{args.gmp_sparsity:g} (stem and fc dense) vs dense ...", file=progress)
+        progress.flush()
+        gmp = gmp_vs_dense(base, args.gmp_steps, batches[0], args.gmp_sparsity, lr=args.lr,
+                           seed=args.seed)
     elapsed = time.perf_counter() - start
 
     notes = [
@@ -753,6 +835,8 @@ def _run_resnet18(args, batches, sparsities, reps, warmup, profile_steps) -> int
         f"{profile_steps} more step(s) per model (see sparseprop.bench_conv.profile_step)",
         "convs-free x: dense step / (dense outside-conv + stem conv time): the step speedup if "
         "the sparsified convolutions cost nothing",
+        f"peak MiB: peak RSS of a fresh process building that model and training it "
+        f"{args.rss_steps} step(s) (sparseprop._resnet_rss; n/a with --rss-steps 0)",
     ]
     if args.markdown:
         print(STEP_TABLE.markdown([step_cells(r) for r in results]), file=out)
@@ -770,6 +854,16 @@ def _run_resnet18(args, batches, sparsities, reps, warmup, profile_steps) -> int
                 for cells in breakdown_cells(r):
                     print(BREAKDOWN_TABLE.plain_row(cells), file=out)
         print("\n" + "\n".join(notes), file=out)
+    if gmp is not None:
+        table = Table(GMP_COLUMNS, [max(len(c), 7) for c in GMP_COLUMNS])
+        print(file=out)
+        if args.markdown:
+            print(table.markdown([gmp_cells(gmp)]), file=out)
+        else:
+            print(table.plain_header(), file=out)
+            print(table.plain_row(gmp_cells(gmp)), file=out)
+        print("end-to-end x: dense run / GMP run, whole runs (one fixed synthetic batch; GMP's "
+              "mask updates, masked-dense steps and layer swaps included)", file=out)
     print(f"\n{len(results)} configuration(s) in {elapsed:.1f} s",
           file=sys.stderr if args.markdown else out)
     if args.csv:

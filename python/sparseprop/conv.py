@@ -34,6 +34,8 @@ from torch.autograd.function import once_differentiable
 
 from . import _C, _workspace
 from ._backend import as_numpy, get_num_threads
+from .conv_layout import (chwn_data, chwn_output, from_phases_chwn, is_chwn, padded_chwn,
+                          phases_chwn, subsample_chwn)
 from .conv_width import SparseConv2dWidthFn, WidthPlan
 from .csr import CSRPattern
 from ._validation import check_float32_cpu
@@ -219,7 +221,8 @@ def make_width_plan(spec: ConvSpec, pattern: CSRPattern, n: int, h: int, w: int,
 def set_strategy(name: str) -> str:
     """Choose how convolutions lay out their data; returns the previous choice.
 
-    * ``"batch"``: the batch-innermost phase layout (transposes in and out),
+    * ``"batch"``: the batch-innermost phase layout (an NCHW input is transposed in; the
+      output stays CHWN-strided, see conv_layout.py),
     * ``"width"``: the native NCHW layout, vectorized along output rows (conv_width.py),
     * ``"auto"`` (default): per call, whichever measured faster (see pick_strategy).
     """
@@ -230,18 +233,22 @@ def set_strategy(name: str) -> str:
     return previous
 
 
-def pick_strategy(spec: ConvSpec, batch: int, out_width: int) -> str:
+def pick_strategy(spec: ConvSpec, batch: int, out_width: int, chwn_input: bool = False) -> str:
     """The layout for a convolution of this spec and input; "auto" follows measurements
     (``python -m sparseprop.bench --conv --strategy batch,width``). The width layout wins
     at batch 1 (the batch layout's vectors are then one row long) and, for stride 1,
     where its junk columns ((kW - 1) * dilation per padded row) are under a tenth of
     the work (3x3 on 32x32: 6%; on 16x16: 11%), for 1x1 kernels (no junk, no copies)
     and depthwise ones (so few weights that the batch layout's transposes dominate).
-    Strided convolutions at batch 8 and up ran 20-50% faster in the batch layout."""
+    Strided convolutions at batch 8 and up ran 20-50% faster in the batch layout. An
+    input that is already CHWN-strided (a batch-layout conv's output) takes the batch
+    layout whenever batch > 1: it then needs no transpose at all."""
     if _strategy != "auto":
         return _strategy
     if batch == 1:
         return "width"
+    if chwn_input:
+        return "batch"  # the input is already in the batch layout: no transpose either way
     if spec.stride != (1, 1):
         return "batch"
     junk = spec.dilation[1] * (spec.kernel_size[1] - 1)
@@ -279,16 +286,36 @@ def nchw(t: torch.Tensor, h: int, w: int, top: int = 0, left: int = 0) -> torch.
 
 
 def to_phases(x: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
-    """X' (C * sh * sw, Hs * Ws * N) from x (N, C, H, W)."""
-    out = phase_layout(x, spec.stride, plan.pads[0], plan.pads[2], plan.hs, plan.ws)
-    return out.view(spec.in_channels * spec.stride[0] * spec.stride[1], -1)
+    """X' (C * sh * sw, Hs * Ws * N) from x (N, C, H, W), NCHW or CHWN-strided (conv_layout);
+    a CHWN-strided input that needs no padding or phases is used as it is."""
+    rows = spec.in_channels * spec.stride[0] * spec.stride[1]
+    if is_chwn(x):
+        if spec.stride == (1, 1) and (plan.hs, plan.ws) == (plan.h, plan.w):
+            return chwn_data(x).view(rows, -1)
+        out = phases_chwn(x, spec.stride, plan.pads[0], plan.pads[2], plan.hs, plan.ws)
+    else:
+        out = phase_layout(x, spec.stride, plan.pads[0], plan.pads[2], plan.hs, plan.ws)
+    return out.view(rows, -1)
 
 
-def from_phases(dxp: torch.Tensor, spec: ConvSpec, plan: ConvPlan) -> torch.Tensor:
-    """(N, C, H, W) gradient from dX' on the plan's window of the phase grid."""
+def from_phases(dxp: torch.Tensor, spec: ConvSpec, plan: ConvPlan, chwn: bool = False) -> torch.Tensor:
+    """(N, C, H, W) gradient from dX' on the plan's window of the phase grid: NCHW, or
+    CHWN-strided when ``chwn`` (the input's layout)."""
     (sh, sw), (r0, c0, rows, cols) = spec.stride, plan.grad_window
     phases = dxp.view(spec.in_channels, sh, sw, rows, cols, plan.n)
-    return nchw(phases, plan.h, plan.w, plan.pads[0] - r0 * sh, plan.pads[2] - c0 * sw)
+    top, left = plan.pads[0] - r0 * sh, plan.pads[2] - c0 * sw
+    if chwn:
+        return from_phases_chwn(phases, plan.h, plan.w, top, left)
+    return nchw(phases, plan.h, plan.w, top, left)
+
+
+def grad_operand(grad_y: torch.Tensor, rows: int, cols: int, top: int, left: int) -> torch.Tensor:
+    """(O, rows, cols, N) copy of dY inside zeros, from an NCHW or CHWN-strided dY."""
+    if is_chwn(grad_y):
+        if (rows, cols) == tuple(grad_y.shape[2:]):
+            return chwn_data(grad_y)  # no border needed: the gradient as it is
+        return padded_chwn(grad_y, rows, cols, top, left)
+    return phase_layout(grad_y, (1, 1), top, left, rows, cols)
 
 
 class _SparseConv2dFn(torch.autograd.Function):
@@ -303,16 +330,23 @@ class _SparseConv2dFn(torch.autograd.Function):
                         as_numpy(xp).reshape(-1), as_numpy(y).reshape(-1), y.shape[1], run, segs, xs,
                         ys, get_num_threads())
         ctx.pattern, ctx.spec, ctx.plan = pattern, spec, plan
-        ctx.save_for_backward(xp, values)
-        return nchw(y.view(o, 1, 1, oh, ow, n), oh, ow)
+        ctx.chwn_input = is_chwn(x)
+        # Save the input, not its padded phase copy: like nn.Conv2d, the conv then keeps
+        # no activation-sized memory of its own alive until backward (the input is kept
+        # anyway by whoever produced it, e.g. a ReLU), at the price of redoing the copy.
+        ctx.save_for_backward(x, values)
+        # The output stays in the kernels' layout: an NCHW-shaped view with CHWN strides
+        # (conv_layout), which the next BatchNorm/ReLU/add/sparse conv keep as it is.
+        return chwn_output(y.view(o, oh, ow, n))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
         pattern, spec, plan = ctx.pattern, ctx.spec, ctx.plan
         pattern.expect_current()  # the plan was built from the pattern the forward saw
-        xp, values = ctx.saved_tensors
+        x, values = ctx.saved_tensors
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
+        xp = to_phases(x, spec, plan) if need_values else None
         threads = get_num_threads()
         o, oh, ow, n = spec.out_channels, plan.oh, plan.ow, plan.n
         indptr, _ = pattern.numpy()
@@ -320,7 +354,7 @@ class _SparseConv2dFn(torch.autograd.Function):
         if need_x:
             # dY inside a zero border: the transposed taps then always read in range.
             bh, bw = plan.border
-            gyp = phase_layout(grad_y, (1, 1), bh, bw, plan.hg, plan.wg)
+            gyp = grad_operand(grad_y, plan.hg, plan.wg, bh, bw)
             flat = as_numpy(gyp).reshape(-1)
             if need_values:
                 grad_values = _workspace.empty(pattern.nnz)
@@ -334,9 +368,9 @@ class _SparseConv2dFn(torch.autograd.Function):
             _C.spmm_offsets(as_numpy(plan.bwd_indptr), as_numpy(plan.bwd_offsets), as_numpy(values),
                             as_numpy(plan.bwd_perm), None, flat, as_numpy(dxp).reshape(-1),
                             dxp.shape[1], run, segs, xs, ys, threads)
-            grad_x = from_phases(dxp, spec, plan)
+            grad_x = from_phases(dxp, spec, plan, ctx.chwn_input)
         elif need_values:
-            gyc = phase_layout(grad_y, (1, 1), 0, 0, oh, ow)
+            gyc = grad_operand(grad_y, oh, ow, 0, 0)
             grad_values = _workspace.empty(pattern.nnz)
             segs, run, xs, ds = _segments(oh, ow * n, plan.ws * n, ow * n)
             _C.sddmm_offsets(indptr, as_numpy(plan.fwd_offsets), as_numpy(gyc).reshape(-1), 0,
@@ -424,12 +458,15 @@ def sparse_conv2d_spec(input: torch.Tensor, spec: ConvSpec, pattern: CSRPattern,
     if spec.kernel_size == (1, 1) and pads == (0, 0, 0, 0) and spec.stride != (1, 1):
         # A strided 1x1 convolution reads only every stride-th pixel: subsample first
         # (autograd scatters the gradient back) instead of building unused phases.
-        x = x[:, :, ::spec.stride[0], ::spec.stride[1]]
+        if is_chwn(x):
+            x = subsample_chwn(x, *spec.stride)  # stays CHWN, gradient too
+        else:
+            x = x[:, :, ::spec.stride[0], ::spec.stride[1]]
         spec = dataclasses.replace(spec, stride=(1, 1))
     n, _, h, w = x.shape
     if n == 0:
         raise ValueError("SparseConv2d needs a non-empty batch")
-    strategy = pick_strategy(spec, n, output_size(spec, h, w, pads)[1])
+    strategy = pick_strategy(spec, n, output_size(spec, h, w, pads)[1], is_chwn(x))
     build = functools.partial(make_width_plan if strategy == "width" else make_plan,
                               spec, pattern, n, h, w, pads)
     plan = build() if plans is None else plans.get(pattern, (strategy, n, h, w, pads), build)

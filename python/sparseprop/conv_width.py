@@ -124,7 +124,9 @@ class SparseConv2dWidthFn(torch.autograd.Function):
             _C.merge_phases(as_numpy(wide).reshape(-1, 1, 1, oh, ws), _planes(y, oh, ow), 0, 0,
                             get_num_threads())
         ctx.pattern, ctx.plan, ctx.channels = pattern, plan, c
-        ctx.save_for_backward(xp, values)
+        # The input, not its split copy: no activation-sized memory of the conv's own
+        # stays alive until backward (as with nn.Conv2d); backward redoes the split.
+        ctx.save_for_backward(x, values)
         return y
 
     @staticmethod
@@ -132,8 +134,9 @@ class SparseConv2dWidthFn(torch.autograd.Function):
     def backward(ctx, grad_y):
         pattern, plan, c = ctx.pattern, ctx.plan, ctx.channels
         pattern.expect_current()  # the plan was built from the pattern the forward saw
-        xp, values = ctx.saved_tensors
+        x, values = ctx.saved_tensors
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
+        xp = _split_input(x, plan) if need_values else None
         threads = get_num_threads()
         n, o = grad_y.shape[0], grad_y.shape[1]
         ws, image = plan.ws, c * plan.phases * plan.phase_plane

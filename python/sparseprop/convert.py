@@ -21,8 +21,10 @@ from torch import nn
 
 from ._sparse_module import SparseWeightModule, magnitude_keep
 from ._tables import Table, fmt_bytes, shape_str
+from .conv_layout import layout_resident_batchnorms, plain_batchnorms
 from .csr import check_sparsity, nnz_for
 from .hf_conv1d import SparseConv1D, is_conv1d
+from .modules import SparseConv2d
 from .module_tree import (NamesArg, conversion_blocker, deepcopy_model, dense_twin, dense_types,
                           effective_tensor, empty_sparse_twin, module_occurrences, replace_all,
                           select_modules, shared_parameter_users, sparse_class)
@@ -265,6 +267,9 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
         new_root = replace_all(model, qnames, sparse)
         if "" in qnames:
             root = new_root
+    if any(isinstance(m, SparseConv2d) for m in root.modules()):
+        # BatchNorms between sparse convs then normalise the kernels' layout in place.
+        layout_resident_batchnorms(root)
     report = ConversionReport(rows, root)
     return report if return_report else root
 
@@ -372,7 +377,7 @@ def densify(model: nn.Module, inplace: bool = True) -> nn.Module:
         new_root = replace_all(model, qnames, dense_twin(module))
         if "" in qnames:
             root = new_root
-    return root
+    return plain_batchnorms(root)
 
 
 # ----------------------------------------------------------------------------------------

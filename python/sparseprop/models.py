@@ -19,6 +19,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ._sparse_module import SparseWeightModule
+from .conv_layout import LayoutBatchNorm2d
 from .convert import densify as convert_densify
 from .module_tree import module_occurrences, replace_all, sparse_twin
 from .modules import SparseConv2d, SparseLinear
@@ -30,6 +31,10 @@ __all__ = ["BasicBlock", "ResNetCIFAR", "resnet18_cifar", "sparsify_convs", "den
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU.
 
+    The BatchNorms are :class:`~sparseprop.conv_layout.LayoutBatchNorm2d` (nn.BatchNorm2d
+    with the same state_dict), so once the convs are sparse the activations stay in the
+    kernels' layout through the whole block.
+
     The shortcut is the identity, or (when the stride or width changes) a 1x1
     stride-``stride`` convolution followed by BN, named ``downsample`` as in torchvision.
     """
@@ -39,14 +44,14 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = LayoutBatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = LayoutBatchNorm2d(planes)
         self.downsample: Optional[nn.Module] = None
         if stride != 1 or in_planes != planes:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes))
+                LayoutBatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -64,7 +69,7 @@ class ResNetCIFAR(nn.Module):
                  widths: Sequence[int] = (64, 128, 256, 512), in_channels: int = 3) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.bn1 = LayoutBatchNorm2d(widths[0])
         in_planes = widths[0]
         for i, (n, planes) in enumerate(zip(blocks, widths)):
             layers = []
