@@ -59,7 +59,7 @@ import torch.nn.functional as F
 import sparseprop
 from sparseprop import SparseConv2d
 
-from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _ratio, _x, cpu_model,
+from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _ratio, _x,
                     header_lines, run_settings, time_interleaved_samples)
 from .conv import STRATEGIES, set_strategy
 from .convert import densify

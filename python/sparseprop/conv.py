@@ -348,7 +348,7 @@ class _SparseConv2dFn(torch.autograd.Function):
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
         xp = to_phases(x, spec, plan) if need_values else None
         threads = get_num_threads()
-        o, oh, ow, n = spec.out_channels, plan.oh, plan.ow, plan.n
+        oh, ow, n = plan.oh, plan.ow, plan.n
         indptr, _ = pattern.numpy()
         grad_x = grad_values = grad_bias = None
         if need_x:

@@ -5,7 +5,6 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from ._sparse_module import SparseWeightModule
 from ._validation import check_count as _check_count, check_float32_cpu

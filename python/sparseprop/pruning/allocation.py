@@ -24,6 +24,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from ..csr import check_sparsity, nnz_for, topk_mask  # noqa: F401  (topk_mask: also this module's)
+from ..topk_select import top_k_mask
 
 __all__ = ["ALLOCATIONS", "check_allocation", "check_target", "er_densities", "global_masks", "masks_from_counts",
            "topk_mask", "uniform_counts", "allocate"]

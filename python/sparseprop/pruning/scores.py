@@ -2,7 +2,6 @@
 weight's shape; pruned weights have weight 0, so magnitude-like scores rank them last."""
 from __future__ import annotations
 
-import copy
 from typing import Callable, Dict, Mapping, Optional
 
 import torch
