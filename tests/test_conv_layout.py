@@ -17,7 +17,8 @@ from sparseprop import SparseConv2d
 from sparseprop import conv as conv_module
 from sparseprop.conv_layout import (LayoutBatchNorm2d, from_phases_chwn, is_chwn,
                                     layout_resident_batchnorms, phases_chwn, to_chwn)
-from sparseprop.models import BasicBlock, densify, sparsify_convs
+from sparseprop import densify
+from sparseprop.models import BasicBlock, sparsify_convs
 
 
 @pytest.fixture(autouse=True)

@@ -66,7 +66,7 @@ def gmp_vs_dense(base: nn.Module, steps: int, batch: int, final_sparsity: float 
         t0 = time.perf_counter()
         pruner = None
         if prune:  # built inside the timed region: its tick 0 is part of the run
-            pruner = GradualMagnitudePruner(model, opt, final_sparsity=final_sparsity,
+            pruner = GradualMagnitudePruner(model, opt, sparsity=final_sparsity,
                                             end_step=end_step, frequency=frequency,
                                             exclude=r"conv1|fc")
         loss = torch.zeros(())
