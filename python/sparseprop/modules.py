@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from ._sparse_module import SparseWeightModule
 from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
-from .functional import check_float32_cpu, sparse_linear
+from .functional import (check_float32_cpu, check_float_cpu, sparse_linear,
+                         sparse_linear_buffers, use_custom_ops)
 
 def _check_factory_kwargs(cls_name: str, device, dtype) -> None:
     if device is not None and torch.device(device).type != "cpu":
@@ -81,10 +82,20 @@ class SparseLinear(SparseWeightModule):
                 f"bias={self.bias is not None}, sparsity={self.sparsity:.4f}, nnz={self.nnz}")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_float32_cpu(input, "input")
+        check_float_cpu(input, "input")
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expected input of shape (*, {self.in_features}), "
                              f"got {tuple(input.shape)}")
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no op for our kernels: export a dense Gemm with the materialised
+            # weight (never a trace of the kernels' output as a constant).
+            return F.linear(input, self.weight.to(input.dtype), self.bias)
+        if use_custom_ops(input):
+            # Traced (compile/export/torch.func): hand the raw buffers to the custom ops,
+            # which validate and cache the pattern themselves (the `pattern` property's
+            # checksum is native code Dynamo cannot trace).
+            return sparse_linear_buffers(input, self.indptr, self.indices, self.out_features,
+                                         self.in_features, self.values, self.bias)
         return sparse_linear(input, self.pattern, self.values, self.bias)
 
 
