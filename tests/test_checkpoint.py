@@ -115,7 +115,7 @@ def test_load_dense_state_dict():
     for i in (0, 3, 6, 8):
         assert torch.equal(dense[i].weight.detach(), model[i].weight.detach())
     # the dense model is an ordinary one: sparsify brings the same sparse model back
-    report = sparseprop.sparsify(dense, min_sparsity=0.55)
+    report = sparseprop.sparsify(dense, min_sparsity=0.55, return_report=True)
     assert report.converted == ["0", "3", "6", "8"]
     torch.testing.assert_close(_out(dense), _out(model), rtol=1e-5, atol=1e-5)
 
@@ -141,7 +141,7 @@ def test_checkpoint_file_size_95_percent_sparse_mlp():
     torch.manual_seed(0)
     dense = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
                           nn.Linear(1024, 10))
-    sparse = sparseprop.sparsify(dense, 0.95, inplace=False).model
+    sparse = sparseprop.sparsify(dense, 0.95, inplace=False, return_report=True).model
     dense_bytes, sparse_bytes = len(_save(dense.state_dict())), len(_save(sparse.state_dict()))
     ratio = sparse_bytes / dense_bytes
     print(f"\ntorch.save: dense {dense_bytes} B, 95%-sparse {sparse_bytes} B, ratio {ratio:.4f}")

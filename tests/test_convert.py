@@ -65,7 +65,7 @@ def test_sparsify_keeps_existing_zeros_and_outputs():
     _zero_out(net.fc2, 0.3)  # below min_sparsity: stays dense
     x = _x()
     expected = _outputs(net, x)
-    report = sparseprop.sparsify(net)
+    report = sparseprop.sparsify(net, return_report=True)
     assert report.model is net
     assert isinstance(net.conv2, SparseConv2d) and isinstance(net.fc1, SparseLinear)
     assert type(net.conv1) is nn.Conv2d and type(net.fc2) is nn.Linear
@@ -87,7 +87,7 @@ def test_sparsify_keeps_existing_zeros_and_outputs():
 def test_sparsify_magnitude_pruning():
     net = Net()
     dense = copy.deepcopy(net)
-    report = sparseprop.sparsify(net, 0.9)
+    report = sparseprop.sparsify(net, 0.9, return_report=True)
     assert all(r["decision"] == "sparse" for r in report)
     for name in ("conv1", "conv2", "fc1", "fc2"):
         layer, old = getattr(net, name), getattr(dense, name)
@@ -128,7 +128,7 @@ def test_sparsify_torch_prune_masks():
     net(x).sum().backward()  # pruned weights are now non-leaf tensors (deepcopy trap)
     expected = _outputs(net, x)
     original = copy.deepcopy(net.state_dict())
-    report = sparseprop.sparsify(net, inplace=False)
+    report = sparseprop.sparsify(net, inplace=False, return_report=True)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in original.items())  # untouched
     assert hasattr(net.fc1, "weight_orig")
     model = report.model
@@ -161,17 +161,17 @@ def test_sparsify_pruned_bias_is_folded():
 # sparsify: selection and options
 # --------------------------------------------------------------------------------------
 def test_selection_by_type_names_and_regex():
-    report = sparseprop.sparsify(Net(), 0.9, types=(nn.Linear,), inplace=False)
+    report = sparseprop.sparsify(Net(), 0.9, types=(nn.Linear,), inplace=False, return_report=True)
     assert report.converted == ["fc1", "fc2"] and len(report) == 2
-    report = sparseprop.sparsify(Net(), 0.9, types=nn.Conv2d, inplace=False)
+    report = sparseprop.sparsify(Net(), 0.9, types=nn.Conv2d, inplace=False, return_report=True)
     assert report.converted == ["conv1", "conv2"]
-    report = sparseprop.sparsify(Net(), 0.9, names=["fc2", "conv1"], inplace=False)
+    report = sparseprop.sparsify(Net(), 0.9, names=["fc2", "conv1"], inplace=False, return_report=True)
     assert report.converted == ["conv1", "fc2"]
-    report = sparseprop.sparsify(Net(), 0.9, names=r"conv\d", inplace=False)
+    report = sparseprop.sparsify(Net(), 0.9, names=r"conv\d", inplace=False, return_report=True)
     assert report.converted == ["conv1", "conv2"]
-    report = sparseprop.sparsify(Net(), 0.9, names=re.compile("fc"), inplace=False)
+    report = sparseprop.sparsify(Net(), 0.9, names=re.compile("fc"), inplace=False, return_report=True)
     assert report.converted == []  # fullmatch: "fc" names no layer
-    report = sparseprop.sparsify(Net(), 0.9, names=r"fc.*", types=(nn.Linear,), inplace=False)
+    report = sparseprop.sparsify(Net(), 0.9, names=r"fc.*", types=(nn.Linear,), inplace=False, return_report=True)
     assert report.converted == ["fc1", "fc2"]
 
 
@@ -193,11 +193,11 @@ def test_selection_errors():
 
 
 def test_min_sparsity():
-    report = sparseprop.sparsify(Net(), 0.3, inplace=False)
+    report = sparseprop.sparsify(Net(), 0.3, inplace=False, return_report=True)
     assert report.converted == []
-    report = sparseprop.sparsify(Net(), 0.3, min_sparsity=0.3, inplace=False)
+    report = sparseprop.sparsify(Net(), 0.3, min_sparsity=0.3, inplace=False, return_report=True)
     assert len(report.converted) == 4
-    report = sparseprop.sparsify(Net(), 0.95, min_sparsity=0.96, inplace=False)
+    report = sparseprop.sparsify(Net(), 0.95, min_sparsity=0.96, inplace=False, return_report=True)
     assert report.converted == []
 
 
@@ -205,7 +205,7 @@ def test_inplace_false_leaves_model_untouched():
     net = Net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     modules = dict(net.named_modules())
-    report = sparseprop.sparsify(net, 0.9, inplace=False)
+    report = sparseprop.sparsify(net, 0.9, inplace=False, return_report=True)
     assert report.model is not net
     assert dict(net.named_modules()) == modules
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
@@ -221,7 +221,7 @@ def test_modes_requires_grad_and_model_root():
     assert not net.fc2.values.requires_grad and net.fc2.bias.requires_grad
     # the model itself can be a layer: the result is only in report.model
     lin = nn.Linear(10, 4)
-    report = sparseprop.sparsify(lin, 0.9)
+    report = sparseprop.sparsify(lin, 0.9, return_report=True)
     assert isinstance(report.model, SparseLinear) and type(lin) is nn.Linear
     x = torch.randn(2, 10)
     with torch.no_grad():
@@ -234,7 +234,7 @@ def test_shared_modules_and_tied_weights():
     shared = nn.Linear(16, 16)
     model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(16, 16), nn.Linear(16, 16))
     model[4].weight = model[3].weight  # tied parameter
-    report = sparseprop.sparsify(model, 0.9)
+    report = sparseprop.sparsify(model, 0.9, return_report=True)
     assert isinstance(model[0], SparseLinear) and model[0] is model[2]
     assert type(model[3]) is nn.Linear and type(model[4]) is nn.Linear
     rows = _rows(report)
@@ -248,7 +248,7 @@ def test_unsupported_layers_stay_dense():
             return super().forward(x) * 2
 
     model = nn.Sequential(nn.Linear(8, 8).double(), MyLinear(8, 8), nn.Linear(8, 8))
-    report = sparseprop.sparsify(model, 0.9)
+    report = sparseprop.sparsify(model, 0.9, return_report=True)
     rows = _rows(report)
     assert rows["0"]["decision"] == "dense" and "float64" in rows["0"]["reason"]
     assert rows["1"]["decision"] == "dense" and "forward" in rows["1"]["reason"]
@@ -265,7 +265,7 @@ def test_foreign_hooks_warn():
 def test_sparsify_densify_under_inference_mode_give_trainable_models():
     net = Net()
     with torch.inference_mode():
-        copied = sparseprop.sparsify(net, 0.9, inplace=False).model
+        copied = sparseprop.sparsify(net, 0.9, inplace=False, return_report=True).model
         sparseprop.sparsify(net, 0.9)
         dense_copy = sparseprop.densify(net, inplace=False)
     for model in (net, copied):
@@ -300,7 +300,7 @@ def test_only_if_faster_decisions(monkeypatch):
     net.train()
     bn_state = copy.deepcopy(net.bn.state_dict())
     x = _x(6)
-    report = sparseprop.sparsify(net, 0.9, only_if_faster=True, sample_input=x, reps=3, warmup=1)
+    report = sparseprop.sparsify(net, 0.9, only_if_faster=True, sample_input=x, reps=3, warmup=1, return_report=True)
     rows = _rows(report)
     assert rows["fc1"]["decision"] == "sparse" and rows["fc1"]["dense_ms"] == 10.0
     assert rows["fc2"]["decision"] == "dense"          # 5% faster: a near-tie stays dense
@@ -335,7 +335,7 @@ def test_only_if_faster_real_timing():
     wrapped = Wrapper()
     x = torch.randn(64, 256)
     report = sparseprop.sparsify(wrapped, 0.98, only_if_faster=True, sample_input=(x,),
-                                 reps=3, warmup=1)
+                                 reps=3, warmup=1, return_report=True)
     rows = _rows(report)
     assert rows["m.unused"]["decision"] == "dense"
     assert rows["m.unused"]["reason"] == "not reached by sample_input"

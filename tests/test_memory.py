@@ -4,6 +4,7 @@ interpreters, so other tests' allocations do not blur the numbers)."""
 from __future__ import annotations
 
 import json
+import statistics
 import textwrap
 import threading
 
@@ -242,9 +243,14 @@ print(json.dumps({{"trace": trace}}))
 
 @needs_plain_allocator
 def test_rss_flat_over_prune_regrow_cycles_with_adam():
-    """50 prune/regrow cycles (a new nnz each time) with Adam state remapped: after a
-    warm-up of 15 cycles RSS stays within 5 MB."""
-    trace = _measure(_PRUNE_REGROW.format(cycles=65))["trace"]
+    """80 prune/regrow cycles (a new nnz each time) with Adam state remapped, after a warm-up
+    of 15: RSS does not trend upwards. A leak of one 512x512 mask per cycle would add ~20 MB
+    between the first and last 20 cycles; the allocator's own fragmentation wanders by a
+    few MB, so the medians of those windows are compared, with a looser bound on the range."""
+    trace = _measure(_PRUNE_REGROW.format(cycles=95))["trace"]
     after_warmup = trace[15:]
-    assert len(after_warmup) == 50
-    assert max(after_warmup) - after_warmup[0] < 5 * MB, [round(r / MB, 1) for r in trace]
+    assert len(after_warmup) == 80
+    trend = statistics.median(after_warmup[-20:]) - statistics.median(after_warmup[:20])
+    shown = [round(r / MB, 1) for r in trace]
+    assert trend < 4 * MB, shown
+    assert max(after_warmup) - min(after_warmup) < 16 * MB, shown

@@ -20,8 +20,10 @@ from ._workspace import cache_info, empty_cache, get_cache_limit, set_cache_limi
 from .csr import CSRPattern  # noqa: E402
 from .modules import SparseConv2d, SparseLinear  # noqa: E402
 from . import functional  # noqa: E402
+from .hf_conv1d import SparseConv1D  # noqa: E402
 from .convert import ConversionReport, ModelSummary, densify, sparsify, summary  # noqa: E402
 from .optim_state import apply_masks, update_pattern  # noqa: E402
+from . import hf  # noqa: E402  (transformers itself is imported only when used)
 from .checkpoint import (  # noqa: E402
     check_state_dict,
     densify_state_dict,
@@ -50,6 +52,7 @@ __all__ = [
     "sparsify",
     "summary",
     "update_pattern",
+    "SparseConv1D",
     "SparseConv2d",
     "SparseLinear",
     "available_isas",

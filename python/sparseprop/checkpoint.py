@@ -23,6 +23,7 @@ from torch import nn
 
 from ._sparse_module import PATTERN_BUFFERS, SparseWeightModule
 from .csr import CSRPattern
+from .hf_conv1d import is_conv1d
 
 __all__ = ["check_state_dict", "densify_state_dict", "load_dense_state_dict", "read_checkpoint",
            "safe_load_state_dict", "sparse_prefixes"]
@@ -88,9 +89,13 @@ def densify_state_dict(state_dict: Mapping[str, Any], dense_model: nn.Module) ->
                  f"{tuple(weight.shape)})")
         if prefix + "values" not in state_dict:
             raise ValueError(f"{where}: the checkpoint has no '{prefix}values'")
-        pattern = _pattern_from(state_dict, prefix, tuple(weight.shape), where)
+        # GPT-2's Conv1D stores its weight (in, out): the pattern is of the transpose.
+        transposed = is_conv1d(target)
+        shape = tuple(weight.shape)[::-1] if transposed else tuple(weight.shape)
+        pattern = _pattern_from(state_dict, prefix, shape, where)
         values = state_dict[prefix + "values"].detach().to("cpu", torch.float32)
-        dense = pattern.to_dense(values).view(tuple(weight.shape))
+        dense = pattern.to_dense(values).view(shape)
+        dense = dense.t().contiguous() if transposed else dense
         for key in _SPARSE_KEYS:
             out.pop(prefix + key, None)
         out[prefix + "weight"] = dense

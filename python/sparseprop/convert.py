@@ -1,7 +1,7 @@
 """Whole-model conversion: dense <-> sparse layers, and a per-layer memory summary.
 
-* :func:`sparsify` replaces ``nn.Linear`` / ``nn.Conv2d`` modules by ``SparseLinear`` /
-  ``SparseConv2d``, keeping the zeros they already have (including masks left by
+* :func:`sparsify` replaces ``nn.Linear`` / ``nn.Conv2d`` (and transformers' GPT-2
+  ``Conv1D``) modules by ``SparseLinear`` / ``SparseConv2d`` (``SparseConv1D``), keeping the zeros they already have (including masks left by
   ``torch.nn.utils.prune``) or pruning them to a target sparsity by magnitude, optionally
   only where the sparse layer is measurably faster on a sample input.
 * :func:`densify` turns every sparse layer back into its dense twin (identical outputs).
@@ -22,6 +22,7 @@ from torch import nn
 
 from ._sparse_module import SparseWeightModule, magnitude_keep
 from .csr import check_sparsity, nnz_for
+from .hf_conv1d import SparseConv1D, conv1d_class, is_conv1d
 from .modules import SparseConv2d, SparseLinear
 
 __all__ = ["sparsify", "densify", "summary", "ConversionReport", "ModelSummary"]
@@ -91,7 +92,22 @@ def _replace_all(model: nn.Module, names: Sequence[str], new: nn.Module) -> nn.M
     return root
 
 
+def _default_types() -> Tuple[type, ...]:
+    """nn.Linear, nn.Conv2d, and transformers' Conv1D when transformers is imported."""
+    extra = conv1d_class()
+    return (nn.Linear, nn.Conv2d) + ((extra,) if extra is not None else ())
+
+
+def _dense_base(module: nn.Module) -> type:
+    """The class whose ``forward`` the sparse twin reproduces."""
+    if is_conv1d(module):
+        return conv1d_class()
+    return nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d
+
+
 def _sparse_class(module: nn.Module):
+    if is_conv1d(module):
+        return SparseConv1D
     for dense_cls, sparse_cls in _DENSE_TO_SPARSE:
         if isinstance(module, dense_cls):
             return sparse_cls
@@ -121,6 +137,8 @@ def _effective(module: nn.Module, name: str) -> Tuple[Optional[torch.Tensor], Op
 
 def _empty_sparse_twin(module: nn.Module, has_bias: bool) -> SparseWeightModule:
     """A sparse layer with ``module``'s configuration and an empty pattern."""
+    if is_conv1d(module):
+        return SparseConv1D(module.nx, module.nf, bias=has_bias, sparsity=1.0)
     if isinstance(module, nn.Linear):
         return SparseLinear(module.in_features, module.out_features, bias=has_bias, sparsity=1.0)
     return SparseConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
@@ -192,7 +210,8 @@ def _select_names(names: NamesArg, occurrences, types) -> Optional[set]:
 # reports
 # ----------------------------------------------------------------------------------------
 class ConversionReport(list):
-    """What :func:`sparsify` did: one dict per candidate layer, in model order.
+    """What :func:`sparsify` did (``sparsify(..., return_report=True)``): one dict per
+    candidate layer, in model order.
 
     Keys: ``layer`` (qualified name), ``type``, ``shape`` (dense weight shape),
     ``sparsity`` and ``nnz`` (of the pattern the sparse layer has or would have),
@@ -275,10 +294,10 @@ class ModelSummary:
 # sparsify
 # ----------------------------------------------------------------------------------------
 def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
-             types: Sequence[type] = (nn.Linear, nn.Conv2d), names: NamesArg = None,
+             types: Optional[Sequence[type]] = None, names: NamesArg = None,
              min_sparsity: float = 0.5, inplace: bool = True, only_if_faster: bool = False,
              sample_input: Any = None, margin: float = 0.1, reps: int = 7,
-             warmup: int = 2) -> ConversionReport:
+             warmup: int = 2, return_report: bool = False):
     """Replace ``nn.Linear`` / ``nn.Conv2d`` layers of ``model`` by sparse ones.
 
     Each candidate layer (an instance of one of ``types``, selected by ``names`` if given)
@@ -309,9 +328,15 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
         sample_input: a tensor (``model(x)``), a tuple/list (``model(*args)``) or a dict
             (``model(**kwargs)``); required with ``only_if_faster``.
 
-    Returns a :class:`ConversionReport` (a list of dict rows, printable as a table)
-    whose ``.model`` is the converted model. If ``model`` is itself a Linear/Conv2d, the
-    converted layer is only available as ``report.model``.
+        types: the classes to convert; default ``nn.Linear``, ``nn.Conv2d`` and, when
+            transformers is imported, its GPT-2 ``Conv1D`` (becomes a :class:`SparseConv1D`).
+        return_report: ``True`` returns the :class:`ConversionReport` instead of the model.
+
+    Returns the converted model (``model`` itself, or its copy with ``inplace=False``; the
+    sparse layer if ``model`` is itself a convertible layer), so ``model = sparsify(model)``
+    works. With ``return_report=True`` it returns the :class:`ConversionReport` (a list of
+    dict rows, printable as a table) whose ``.model`` is the converted model: what
+    ``sparsify`` returned before 0.2 (code reading the report: add ``return_report=True``).
 
     New layers keep the train/eval mode and ``requires_grad`` of the old ones. Hooks
     registered on a replaced module (other than pruning's) are not carried over; a
@@ -320,10 +345,14 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
     if sparsity is not None:
         sparsity = check_sparsity(sparsity)
     min_sparsity = check_sparsity(min_sparsity, "min_sparsity")
+    if types is None:
+        types = _default_types()
     types = tuple(types) if isinstance(types, (list, tuple)) else (types,)
+    convertible = _default_types()
     for t in types:
-        if not (isinstance(t, type) and issubclass(t, (nn.Linear, nn.Conv2d))):
-            raise TypeError(f"types must be nn.Linear / nn.Conv2d (sub)classes, got {t!r}")
+        if not (isinstance(t, type) and issubclass(t, convertible)):
+            raise TypeError(f"types must be nn.Linear / nn.Conv2d / transformers Conv1D "
+                            f"(sub)classes, got {t!r}")
     if only_if_faster and sample_input is None:
         raise ValueError("only_if_faster=True needs a sample_input to time the layers on")
     if sample_input is not None and not only_if_faster:
@@ -358,7 +387,9 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
         rows.append(row)
         weight, mask, weight_param = _effective(module, "weight")
         row["shape"] = tuple(weight.shape)
-        base = nn.Linear if sparse_cls is SparseLinear else nn.Conv2d
+        if sparse_cls is SparseConv1D:  # Conv1D stores (in, out): the pattern is the transpose
+            weight, mask = weight.t(), None if mask is None else mask.t()
+        base = _dense_base(module)
         if type(module).forward is not base.forward:
             row["reason"] = f"{type(module).__name__} overrides forward"
             continue
@@ -403,7 +434,8 @@ def sparsify(model: nn.Module, sparsity: Optional[float] = None, *,
         new_root = _replace_all(model, qnames, sparse)
         if "" in qnames:
             root = new_root
-    return ConversionReport(rows, root)
+    report = ConversionReport(rows, root)
+    return report if return_report else root
 
 
 def _call(model: nn.Module, sample_input: Any):
@@ -556,12 +588,12 @@ def summary(model: nn.Module) -> ModelSummary:
             bias = module.bias
             stored = _own_state_bytes(module)
             kind = "Sparse"
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+        elif isinstance(module, (nn.Linear, nn.Conv2d)) or is_conv1d(module):
             weight, mask, _ = _effective(module, "weight")
             bias, _, _ = _effective(module, "bias")
             shape = tuple(weight.shape)
             nnz = int(torch.count_nonzero(weight if mask is None else mask))
-            rows_ = shape[0]
+            rows_ = shape[1] if is_conv1d(module) else shape[0]  # Conv1D's weight is (in, out)
             stored = _own_state_bytes(module)
             kind = "Dense"
         else:

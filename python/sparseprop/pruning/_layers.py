@@ -171,6 +171,10 @@ class Layer:
 
     def _to_dense(self, model: nn.Module, optimizer) -> None:
         sparse = self.module
+        if type(sparse).__name__ == "SparseConv1D":  # dense Conv1D stores (in, out): unsupported
+            raise NotImplementedError(
+                f"'{self.name}' is a GPT-2 Conv1D layer: pruners handle it in sparse form only "
+                f"(a schedule that makes it dense again, e.g. AC/DC's dense phases, is not supported)")
         pattern = sparse.pattern
         dense = sparse.to_dense()
         if sparse.bias is not None:
