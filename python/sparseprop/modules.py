@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ._sparse_module import SparseWeightModule
 from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
+from .linear_fast import try_linear
 from .functional import (check_float32_cpu, check_float_cpu, sparse_linear,
                          sparse_linear_buffers, use_custom_ops)
 
@@ -82,6 +83,9 @@ class SparseLinear(SparseWeightModule):
                 f"bias={self.bias is not None}, sparsity={self.sparsity:.4f}, nnz={self.nnz}")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = try_linear(self, input)  # the common eager call: one native call per pass
+        if out is not None:
+            return out
         check_float_cpu(input, "input")
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expected input of shape (*, {self.in_features}), "
