@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from ._sparse_module import SparseWeightModule
 from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
+from .conv_dtypes import conv2d_other_paths
+from .dense_forms import export_weight
 from .linear_fast import try_linear
-from .functional import (check_float32_cpu, check_float_cpu, sparse_linear,
+from .functional import (_autocast_dtype, check_float32_cpu, check_float_cpu, sparse_linear,
                          sparse_linear_buffers, use_custom_ops)
 
 def _check_factory_kwargs(cls_name: str, device, dtype) -> None:
@@ -93,7 +95,8 @@ class SparseLinear(SparseWeightModule):
         if torch.onnx.is_in_onnx_export():
             # ONNX has no op for our kernels: export a dense Gemm with the materialised
             # weight (never a trace of the kernels' output as a constant).
-            return F.linear(input, self.weight.to(input.dtype), self.bias)
+            bias = None if self.bias is None else self.bias.to(input.dtype)
+            return F.linear(input, export_weight(self).to(input.dtype), bias)
         if use_custom_ops(input):
             # Traced (compile/export/torch.func): hand the raw buffers to the custom ops,
             # which validate and cache the pattern themselves (the `pattern` property's
@@ -175,4 +178,8 @@ class SparseConv2d(SparseWeightModule):
         return text + f", sparsity={self.sparsity:.4f}, nnz={self.nnz}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (isinstance(input, torch.Tensor) and input.dtype is not torch.float32
+                or self.values.dtype is not torch.float32 or torch.onnx.is_in_onnx_export()
+                or _autocast_dtype() is not None):
+            return conv2d_other_paths(self, input)
         return sparse_conv2d_spec(input, self.spec, self.pattern, self.values, self.bias, self._plans)
