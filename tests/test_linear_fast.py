@@ -121,3 +121,11 @@ def test_corrupt_pattern_is_an_error_not_a_crash():
     sparse.indices.numpy()[0] = 10**6  # out of range, behind torch's back
     with pytest.raises(ValueError):
         sparse(torch.randn(1, 30))
+
+
+def test_bench_overhead_line(capsys):
+    from sparseprop import bench
+
+    assert bench.main(["--overhead", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "per-call overhead: 64x64 batch 1" in out and "sparse/dense" in out and "isa " in out
