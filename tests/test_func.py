@@ -60,7 +60,11 @@ def test_per_sample_gradients(isa):
 
     per_sample = vmap(grad(lambda p, xi, ti: loss(net, p, xi, ti)), in_dims=(None, 0, 0))(_params(net), x, target)
     dense_params = _params(dense)
-    for n in range(7):
+    for n in range(7):  # a loop over samples through the sparse model itself
+        g = grad(lambda p: loss(net, p, x[n], target[n]))(_params(net))
+        for k, v in g.items():
+            torch.testing.assert_close(per_sample[k][n], v, rtol=1e-5, atol=1e-6)
+    for n in range(7):  # and the dense masked model
         g = grad(lambda p: loss(dense, p, x[n], target[n]))(dense_params)
         for i in (0, 2):
             torch.testing.assert_close(per_sample[f"{i}.values"][n], net[i].pattern.gather(g[f"{i}.weight"]),
