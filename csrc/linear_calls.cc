@@ -9,10 +9,13 @@
 // O(rows + nnz) pass per call replaces the checksum plus the per-kernel bounds checks.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "csr.h"
 #include "linear_ops.h"
+#include "thread_pool.h"
 
 namespace py = pybind11;
 
@@ -25,6 +28,64 @@ T* at(uintptr_t address) { return reinterpret_cast<T*>(address); }
 bool unchanged(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t nnz,
                uint64_t checksum) {
   return pattern_checksum(indptr, rows + 1, indices, nnz) == checksum;
+}
+
+// Batch 1, both gradients in one pass over the nonzeros (each index loaded once):
+// gx[c] += w_k gy[r] (scattered along W's rows, as spmv_transposed) and
+// gv_k = gy[r] x[c]. Rows are split by nonzero count; threads past the first
+// scatter into private copies of gx, summed at the end. Scalar: AVX2 has no scatter.
+constexpr int64_t kMinNnzPerThread = 1 << 15;
+
+void batch1_backward(const int64_t* indptr, const int32_t* indices, int64_t rows, int64_t cols,
+                     const float* values, const float* gy, const float* x, float* gx, float* gv,
+                     int num_threads) {
+  const int64_t nnz = indptr[rows];
+  const int n = int(std::min<int64_t>({int64_t(std::max(num_threads, 1)), int64_t(max_threads()),
+                                       std::max<int64_t>(1, nnz / kMinNnzPerThread),
+                                       std::max<int64_t>(rows, 1)}));
+  std::vector<int64_t> bounds(size_t(n) + 1);
+  balance_rows(indptr, rows, n, bounds.data());
+  thread_local std::vector<float> partial;
+  if (n > 1 && int64_t(partial.size()) < int64_t(n - 1) * cols) partial.resize(size_t((n - 1) * cols));
+  struct Ctx {
+    const int64_t* bounds;
+    const int64_t* indptr;
+    const int32_t* indices;
+    const float *values, *gy, *x;
+    float *gx, *gv, *partial;
+    int64_t cols;
+  } ctx{bounds.data(), indptr, indices, values, gy, x, gx, gv, partial.data(), cols};
+  const TaskFn task = [](void* p, int t, int) {
+    const auto* c = static_cast<const Ctx*>(p);
+    float* out = !c->gx ? nullptr : t == 0 ? c->gx : c->partial + int64_t(t - 1) * c->cols;
+    if (out) std::fill(out, out + c->cols, 0.0f);
+    for (int64_t r = c->bounds[t]; r < c->bounds[t + 1]; ++r) {
+      const float d = c->gy[r];
+      const int64_t e = c->indptr[r + 1];
+      if (out && c->gv) {
+        for (int64_t k = c->indptr[r]; k < e; ++k) {
+          const int32_t j = c->indices[k];
+          out[j] += c->values[k] * d;
+          c->gv[k] = d * c->x[j];
+        }
+      } else if (out) {
+        for (int64_t k = c->indptr[r]; k < e; ++k) out[c->indices[k]] += c->values[k] * d;
+      } else {
+        for (int64_t k = c->indptr[r]; k < e; ++k) c->gv[k] = d * c->x[c->indices[k]];
+      }
+    }
+  };
+  if (n == 1) {
+    task(&ctx, 0, 1);
+  } else {
+    parallel_run(n, task, &ctx);
+  }
+  if (gx) {
+    for (int t = 1; t < n; ++t) {
+      const float* part = partial.data() + int64_t(t - 1) * cols;
+      for (int64_t j = 0; j < cols; ++j) gx[j] += part[j];
+    }
+  }
 }
 
 // yt (rows, n) = W xt (+ bias), xt (cols, n); all row-major, contiguous.
@@ -61,6 +122,11 @@ bool linear_backward(uintptr_t indptr_a, uintptr_t indices_a, int64_t rows, int6
   const int32_t* indices = at<const int32_t>(indices_a);
   if (!unchanged(indptr, rows, indices, nnz, checksum)) return false;
   const float* gyt = at<const float>(gyt_a);
+  if (n == 1 && (gxt || gvalues)) {
+    batch1_backward(indptr, indices, rows, cols, at<const float>(values), gyt, at<const float>(xt),
+                    at<float>(gxt), at<float>(gvalues), num_threads);
+    gxt = gvalues = 0;
+  }
   if (gxt) {
     if (t_indptr) {
       SpmmArgs a{};

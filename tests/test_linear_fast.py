@@ -129,3 +129,29 @@ def test_bench_overhead_line(capsys):
     assert bench.main(["--overhead", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "per-call overhead: 64x64 batch 1" in out and "sparse/dense" in out and "isa " in out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("needs", ["all", "input only", "values only"])
+def test_batch1_backward_large_threaded(isa, threads, needs):
+    """Batch 1 computes both gradients in one fused pass, split over threads once the
+    pattern is large (here 131k nonzeros)."""
+    sparse, dense = _pair(rows=512, cols=512, sparsity=0.5)
+    x = torch.randn(1, 512)
+    xa, xb = x.clone().requires_grad_(needs != "values only"), x.clone().requires_grad_()
+    sparse.values.requires_grad_(needs != "input only")
+    cfg = sparseprop.config()
+    saved = None if cfg["threads_follow_torch"] else cfg["num_threads"]
+    sparseprop.set_num_threads(threads)
+    try:
+        g = torch.randn(1, 512)
+        sparse(xa).backward(g)
+    finally:
+        sparseprop.set_num_threads(saved)
+    dense(xb).backward(g)
+    if needs != "values only":
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+    if needs != "input only":
+        torch.testing.assert_close(sparse.values.grad, sparse.pattern.gather(dense.weight.grad),
+                                   rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sparse.bias.grad, dense.bias.grad)
