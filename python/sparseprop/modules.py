@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ._sparse_module import SparseWeightModule
 from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
+from . import conv_ops
 from .conv_dtypes import conv2d_other_paths
 from .dense_forms import export_weight
 from .linear_fast import try_linear
@@ -134,6 +135,7 @@ class SparseConv2d(SparseWeightModule):
         self.padding, self.groups, self.padding_mode = s.padding, s.groups, s.padding_mode
         self.weight_shape = (s.out_channels, s.in_channels // s.groups) + s.kernel_size
         self._plans = PlanCache()
+        self._spec_key = conv_ops.spec_key(s)  # the spec as the custom op takes it
         self._init_sparse(sparsity, bias, generator)
 
     @classmethod
@@ -161,6 +163,7 @@ class SparseConv2d(SparseWeightModule):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._plans = PlanCache()
+        self._spec_key = conv_ops.spec_key(self.spec)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -182,4 +185,8 @@ class SparseConv2d(SparseWeightModule):
                 or self.values.dtype is not torch.float32 or torch.onnx.is_in_onnx_export()
                 or _autocast_dtype() is not None):
             return conv2d_other_paths(self, input)
+        if conv_ops.AVAILABLE and use_custom_ops(input):
+            # Traced (compile/export): one custom op on the raw buffers, as for SparseLinear.
+            return torch.ops.sparseprop.conv2d(input, self.values, self.bias, self.indptr,
+                                               self.indices, self._spec_key)
         return sparse_conv2d_spec(input, self.spec, self.pattern, self.values, self.bias, self._plans)
