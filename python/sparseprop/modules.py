@@ -185,7 +185,7 @@ class SparseConv2d(SparseWeightModule):
                 or self.values.dtype is not torch.float32 or torch.onnx.is_in_onnx_export()
                 or _autocast_dtype() is not None):
             return conv2d_other_paths(self, input)
-        if conv_ops.AVAILABLE and use_custom_ops(input):
+        if conv_ops.AVAILABLE and isinstance(input, torch.Tensor) and use_custom_ops(input):
             # Traced (compile/export): one custom op on the raw buffers, as for SparseLinear.
             return torch.ops.sparseprop.conv2d(input, self.values, self.bias, self.indptr,
                                                self.indices, self._spec_key)
