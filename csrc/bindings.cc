@@ -16,6 +16,10 @@
 namespace py = pybind11;
 using namespace sparseprop;
 
+namespace sparseprop {
+void register_linear_calls(py::module_& m);  // linear_calls.cc
+}
+
 namespace {
 
 template <class T>
@@ -472,4 +476,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("using_openmp_runtime", &using_openmp_runtime);
   m.def("cpu_features", &cpu_features_py);
   m.def("build_info", &build_info);
+  register_linear_calls(m);
 }

@@ -1,8 +1,7 @@
-"""torch.compile over models with sparse layers.
+"""torch.compile over models with sparse layers (convolutions and linear layers).
 
-The sparse autograd Functions call the native kernels through numpy, which Dynamo cannot
-trace: every sparse layer is a graph break and runs eagerly, the dense code between them
-is compiled. The default tests use ``backend="aot_eager"`` (Dynamo + AOTAutograd, no
+Under tracing both layers are torch.library custom ops (custom_ops.py, conv_ops.py), so
+a model compiles into one graph with the sparse layers as opaque ops. The default tests use ``backend="aot_eager"`` (Dynamo + AOTAutograd, no
 code generation): Inductor's C++ compilation of the same model takes ~30 s on the
 2-core test machine. Set SPARSEPROP_TEST_INDUCTOR=1 to also run it with Inductor.
 """
@@ -70,11 +69,65 @@ def test_compile_matches_eager_aot_eager():
     _train_compiled_vs_eager("aot_eager")
 
 
-def test_sparse_layers_graph_break():
+def test_no_graph_breaks():
     net = _model()
     explanation = torch._dynamo.explain(net)(torch.randn(2, 3, 6, 6))
-    assert explanation.graph_break_count >= 2  # (at least) one per sparse layer
-    assert explanation.graph_count >= 2
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_fullgraph_conv_model_matches_eager():
+    net = _model()
+    ref = copy.deepcopy(net)
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = compiled(xa), ref(xb)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(net.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1, groups=2),
+                                    dict(padding="same", padding_mode="circular", bias=False)])
+def test_conv_op_variants_match_eager(kwargs):
+    torch.manual_seed(0)
+    conv = sparseprop.SparseConv2d(4, 6, 3, sparsity=0.6, **kwargs)
+    x = torch.randn(3, 4, 7, 7)
+    compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = compiled(xa), conv.to_dense()(xb)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y_ref)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_export_conv_model_round_trip(tmp_path):
+    net = _model().eval()
+    x = torch.randn(2, 3, 6, 6)
+    ep = torch.export.export(net, (x,))
+    torch.export.save(ep, str(tmp_path / "net.pt2"))
+    loaded = torch.export.load(str(tmp_path / "net.pt2")).module()
+    other = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(other), net(other), rtol=1e-5, atol=1e-6)
+
+
+def test_conv_opcheck():
+    from sparseprop import conv_ops
+
+    conv = sparseprop.SparseConv2d(2, 3, 3, padding=1, sparsity=0.5)
+    x = torch.randn(2, 2, 5, 5, requires_grad=True)
+    v = conv.values.detach().clone().requires_grad_()
+    torch.library.opcheck(torch.ops.sparseprop.conv2d.default,
+                          (x, v, conv.bias.detach(), conv.indptr, conv.indices, conv._spec_key),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    assert conv_ops.AVAILABLE
 
 
 @pytest.mark.skipif(os.environ.get("SPARSEPROP_TEST_INDUCTOR") != "1",

@@ -31,8 +31,7 @@ def test_wrong_feature_size(layer, shape):
         layer(torch.randn(*shape))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-                                   torch.bool, torch.complex64])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
 def test_wrong_input_dtype(layer, dtype):
     x = torch.zeros(4, 17, dtype=dtype)
     with pytest.raises(TypeError, match=r"float32.*" + str(dtype).replace(".", r"\.")):
@@ -55,8 +54,8 @@ def test_scalar_input(layer):
 
 
 def test_module_cast_to_double_fails_clearly(layer):
-    layer.double()
-    with pytest.raises(TypeError, match="values must be float32"):
+    layer.double()  # float64 is a path of its own: a float32 input does not mix with it
+    with pytest.raises(TypeError, match="must all be float64"):
         layer(torch.randn(2, 17))
 
 
@@ -132,18 +131,20 @@ def test_functional_bad_arguments():
         sparse_linear(x, p, v[:-1])
     with pytest.raises(ValueError, match=rf"values must have shape \({p.nnz},\)"):
         sparse_linear(x, p, v.view(1, -1))
-    with pytest.raises(TypeError, match="values must be float32"):
+    with pytest.raises(TypeError, match="must all be float64"):
         sparse_linear(x, p, v.double())
+    with pytest.raises(TypeError, match="values must be float32.*int64"):
+        sparse_linear(x, p, v.long())
     with pytest.raises(ValueError, match=r"bias must have shape \(9,\)"):
         sparse_linear(x, p, v, torch.zeros(8))
-    with pytest.raises(TypeError, match="bias must be float32"):
+    with pytest.raises(TypeError, match="must all be float64"):
         sparse_linear(x, p, v, torch.zeros(9, dtype=torch.float64))
     with pytest.raises(TypeError, match="CSRPattern"):
         sparse_linear(x, (p.indptr, p.indices), v)
     with pytest.raises(ValueError, match=r"input must have shape \(\*, 17\)"):
         sparse_linear(torch.randn(3, 16), p, v)
-    with pytest.raises(TypeError, match="input must be float32"):
-        sparse_linear(x.half(), p, v)
+    with pytest.raises(TypeError, match="input must be float32.*int32"):
+        sparse_linear(x.int(), p, v)
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sparseprop.csr import CSRPattern
 @pytest.fixture(autouse=True)
 def pool_small_buffers_too(monkeypatch):
     """The pool skips buffers under 64 KiB; these tests use small ones to check its rules."""
-    monkeypatch.setattr(_workspace, "_SMALL", 0)
+    monkeypatch.setattr(_workspace, "SMALL_NUMEL", 0)
 
 from conftest import needs_plain_allocator, run_python
 

@@ -302,31 +302,36 @@ def test_set_pattern_nnz_change_while_last_graph_is_alive():
 # autocast, eval, inference mode
 # --------------------------------------------------------------------------------------
 def test_autocast_sparse_then_dense():
-    """Autocast only changes the outputs of autocast-eligible ops: a sparse layer fed a
-    float32 tensor computes in float32; the dense Linear after it runs in bfloat16."""
+    """Under autocast a sparse layer behaves like nn.Linear: computed in float32, result in
+    bfloat16; the dense Linear after it runs in bfloat16 and gradients reach the values."""
     torch.manual_seed(0)
     net = nn.Sequential(SparseLinear(16, 32, sparsity=0.8), nn.ReLU(), nn.Linear(32, 4))
     x = torch.randn(8, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = net[0](x)
         y = net(x)
-    assert hidden.dtype == torch.float32 and y.dtype == torch.bfloat16
+    assert hidden.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert net[0].values.grad is not None and net[0].values.grad.dtype == torch.float32
     torch.testing.assert_close(y.float(), net(x), rtol=0.05, atol=0.05)
 
 
-def test_autocast_bf16_input_to_sparse_layer_raises():
-    """A bfloat16 activation (the output of an autocast Linear) reaching a sparse layer is
-    rejected: sparse layers compute in float32 only (documented; cast with .float())."""
+def test_autocast_bf16_input_to_sparse_layer():
+    """A bfloat16 activation (the output of an autocast Linear/Conv2d) reaching a sparse
+    layer is computed in float32 and returned in bfloat16, as nn.Linear/nn.Conv2d would."""
+    torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), SparseLinear(32, 4, sparsity=0.8))
+    x = torch.randn(8, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with pytest.raises(TypeError, match="float32"):
-            net(torch.randn(8, 16))
+        y = net(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), net(x), rtol=0.05, atol=0.05)
     conv = nn.Sequential(nn.Conv2d(3, 4, 3), SparseConv2d(4, 4, 3, sparsity=0.8))
+    x = torch.randn(2, 3, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with pytest.raises(TypeError, match="float32"):
-            conv(torch.randn(2, 3, 8, 8))
+        y = conv(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), conv(x), rtol=0.05, atol=0.05)
 
 
 def test_eval_no_grad_and_inference_mode():

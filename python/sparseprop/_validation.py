@@ -15,15 +15,25 @@ def check_count(name: str, value, minimum: int = 0) -> int:
     return value
 
 
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
+_CAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def check_float32_cpu(t: torch.Tensor, name: str) -> None:
-    """Raise if ``t`` is not a float32 CPU tensor: the one type the kernels compute in."""
+    """Raise if ``t`` is not a float32 CPU tensor: the one type the native kernels compute in."""
+    check_float_cpu(t, name, (torch.float32,))
+
+
+def check_float_cpu(t: torch.Tensor, name: str, dtypes=_COMPUTE_DTYPES + _CAST_DTYPES) -> None:
+    """Raise if ``t`` is not a CPU tensor of one of ``dtypes``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
         raise ValueError(f"{name} must be on the CPU, got device {t.device}; sparseprop runs on CPUs only")
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name} must be float32, got {t.dtype}; sparseprop computes in float32 "
-                        f"(convert with .float())")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must be {names}, got {t.dtype}; sparseprop computes in float32 "
+                        f"(float64 as a correctness path)")
 
 
 def renamed_keyword(where: str, new_name: str, new, old_name: str, old):

@@ -37,7 +37,7 @@ ENV_VAR = "SPARSEPROP_CACHE_LIMIT"
 DEFAULT_LIMIT = 256 * 2**20
 _MAX_PER_CLASS = 16  # buffers of one size class alive at once (same-shaped layers)
 _FLOAT_BYTES = 4
-_SMALL = 16384  # elements (64 KiB) below which buffers are not pooled
+SMALL_NUMEL = 16384  # elements (64 KiB) below which buffers are not pooled
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -79,7 +79,7 @@ def empty(*shape: int) -> torch.Tensor:
     tensor, so autograd treats it like any fresh tensor (in-place ops allowed)."""
     numel = math.prod(shape)
     # Small buffers fault in a few pages at most: the pool's bookkeeping would cost more.
-    if _use_count is None or numel < _SMALL:
+    if _use_count is None or numel < SMALL_NUMEL:
         return torch.empty(shape, dtype=torch.float32)
     size_class = _size_class(numel)
     # The check and the hand-out (set_, which takes a reference) must not interleave

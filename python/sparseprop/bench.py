@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="save fwd+bwd speedup vs sparsity (needs matplotlib)")
     p.add_argument("--markdown", action="store_true",
                    help="print a GitHub markdown table (progress goes to stderr)")
+    p.add_argument("--overhead", action="store_true",
+                   help="only the per-call overhead line: 64x64 SparseLinear vs nn.Linear at "
+                        "batch 1, forward+backward time ratio (sparse / dense, lower is better)")
     modes = p.add_argument_group(
         "other benchmarks", "each takes its own options (batch, sparsity, threads, reps, "
         "markdown, csv, quick, ...); put --help after it to list them, e.g. "
@@ -505,6 +508,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threads < 1:
         parser.error("--threads must be >= 1")
     with run_settings(parser, threads, args.isa):
+        if args.overhead:
+            from .bench_overhead import overhead_line
+
+            print("\n".join(header_lines()))
+            print(overhead_line(sparsity=sparsities[0] if args.sparsity else 0.9,
+                                steps=100 if args.quick else 500, rounds=3 if args.quick else 9))
+            return 0
         return _run(args, parser, shapes, batches, sparsities, reps, warmup, threads)
 
 

@@ -7,39 +7,79 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _C, _workspace
-from ._validation import check_float32_cpu  # noqa: F401  (also sparseprop.functional's)
-from ._backend import as_numpy, get_num_threads
+from . import custom_ops
+from . import linear_kernels as K
+from ._validation import check_float32_cpu, check_float_cpu  # noqa: F401  (also sparseprop.functional's)
 from .csr import CSRPattern
+from .linear_kernels import feature_major  # noqa: F401  (re-exported: conv and others use it)
 
 
-def feature_major(x2d: torch.Tensor) -> torch.Tensor:
-    """(C, N) contiguous tensor holding x2d^T, for an (N, C) matrix x2d.
+def autocast_dtype() -> Optional[torch.dtype]:
+    """The CPU autocast dtype if autocast is on (torch >= 2.4 API, older fallback)."""
+    try:
+        on = torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        on = torch.is_autocast_cpu_enabled()
+    if not on:
+        return None
+    try:
+        return torch.get_autocast_dtype("cpu")
+    except (AttributeError, TypeError):
+        return torch.get_autocast_cpu_dtype()
 
-    Free when x2d is itself a transposed view of such a tensor, which is what
-    sparse layers return; otherwise one threaded, cache-blocked transpose."""
-    xt = x2d.t()
-    if xt.is_contiguous():
-        return xt
-    src = x2d.contiguous()
-    out = _workspace.empty(*xt.shape)
-    _C.transpose(as_numpy(src), as_numpy(out), get_num_threads())
-    return out
+
+def compute_dtypes(input: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor]):
+    """(compute dtype, result dtype) for a sparse layer call.
+
+    Under CPU autocast the layer computes in float32 and returns the autocast dtype, as
+    linear/conv do. Outside it: float32 and float64 compute as they are (all operands
+    alike); bfloat16/float16 inputs or values compute in float32 and the result has the
+    input's dtype."""
+    cast = autocast_dtype()
+    if cast is not None and input.dtype != torch.float64:
+        return torch.float32, cast
+    dtypes = {input.dtype, values.dtype} | ({bias.dtype} if bias is not None else set())
+    if dtypes == {torch.float32} or dtypes == {torch.float64}:
+        return input.dtype, input.dtype
+    if torch.float64 in dtypes:
+        raise TypeError(f"input, values and bias must all be float64 for the float64 path, got "
+                        f"{sorted(str(d) for d in dtypes)}")
+    return torch.float32, input.dtype
+
+
+def _functorch_active() -> bool:
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return torch._dynamo.is_compiling() if hasattr(torch, "_dynamo") else False
+
+
+def use_custom_ops(x: torch.Tensor) -> bool:
+    """Whether a call must go through the torch.library ops: something is tracing
+    (Dynamo, export, jit, fake tensors) or a torch.func transform is active. Plain
+    eager calls skip the dispatcher (the ops cost ~3x the kernels of a small layer)."""
+    if not custom_ops.AVAILABLE:
+        return False
+    return (type(x) is not torch.Tensor or _is_compiling() or torch.jit.is_tracing()
+            or _functorch_active())
 
 
 class _SparseLinearFn(torch.autograd.Function):
-    """y = x W^T + b with W in CSR. Tensors cross to the kernels feature-major:
-    x^T is (in, N), y^T is (out, N), so every kernel vectorizes over the batch.
-    The output is returned as a transposed view of y^T, which the next sparse
-    layer can read without a copy."""
+    """y = x W^T + b with W in CSR: the eager path (no dispatcher). Tensors cross to the
+    kernels feature-major: x^T is (in, N), y^T is (out, N), so every kernel vectorizes
+    over the batch. The output is returned as a transposed view of y^T, which the next
+    sparse layer can read without a copy. The passes are linear_kernels', shared with
+    the custom ops."""
 
     @staticmethod
     def forward(ctx, x2d, values, bias, pattern: CSRPattern, contiguous_grad_x: bool):
-        indptr, indices = pattern.numpy()
         xt = feature_major(x2d)
-        yt = _workspace.empty(pattern.rows, x2d.shape[0])
-        _C.spmm(indptr, indices, as_numpy(values), None, as_numpy(bias), as_numpy(xt),
-                as_numpy(yt), get_num_threads())
+        yt = K.forward(pattern, xt, values, bias)
         ctx.pattern = pattern
         ctx.contiguous_grad_x = contiguous_grad_x
         ctx.save_for_backward(xt, values)
@@ -51,29 +91,32 @@ class _SparseLinearFn(torch.autograd.Function):
         pattern: CSRPattern = ctx.pattern
         xt, values = ctx.saved_tensors
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
-        threads = get_num_threads()
         gyt = feature_major(grad_yt.t())  # (out, N); materializes stride-0 gradients
         grad_x = grad_values = grad_bias = None
         if need_x:
-            gxt = _workspace.empty(pattern.cols, gyt.shape[1])
-            if gyt.shape[1] == 1:  # batch 1: scatter along W's rows, no transposed pattern
-                indptr, indices = pattern.numpy()
-                _C.spmv_transposed(indptr, indices, as_numpy(values), as_numpy(gyt)[:, 0],
-                                   as_numpy(gxt)[:, 0], threads)
-            else:
-                t_indptr, t_indices, t_perm = pattern.transposed_numpy()
-                _C.spmm(t_indptr, t_indices, as_numpy(values), t_perm, None, as_numpy(gyt),
-                        as_numpy(gxt), threads)
+            gxt = K.grad_input(pattern, gyt, values)
             # A leaf input would have torch copy the transposed view into a
             # contiguous .grad (slowly); everyone else takes the view for free.
             grad_x = feature_major(gxt) if ctx.contiguous_grad_x else gxt.t()
         if need_values:
-            indptr, indices = pattern.numpy()
-            grad_values = _workspace.empty(pattern.nnz)
-            _C.sddmm(indptr, indices, as_numpy(gyt), as_numpy(xt), as_numpy(grad_values), threads)
+            grad_values = K.grad_values(pattern, gyt, xt)
         if need_bias:
             grad_bias = gyt.sum(dim=1)
         return grad_x, grad_values, grad_bias, None, None
+
+
+def _check_call(input, values, bias, rows: int, cols: int, nnz: int) -> None:
+    check_float_cpu(input, "input")
+    check_float_cpu(values, "values")
+    if values.shape != (nnz,):
+        raise ValueError(f"values must have shape ({nnz},) to match the pattern, "
+                         f"got {tuple(values.shape)}")
+    if bias is not None:
+        check_float_cpu(bias, "bias")
+        if bias.shape != (rows,):
+            raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
+    if input.dim() == 0 or input.shape[-1] != cols:
+        raise ValueError(f"input must have shape (*, {cols}), got {tuple(input.shape)}")
 
 
 def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor,
@@ -82,30 +125,48 @@ def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor
 
     ``input`` has shape (*, in_features) like for :func:`torch.nn.functional.linear`.
     Gradients flow to ``input``, ``values`` and ``bias``; double backward is not supported.
+    dtypes: see :func:`compute_dtypes`.
     """
     if not isinstance(pattern, CSRPattern):
         raise TypeError(f"pattern must be a sparseprop.CSRPattern, got {type(pattern).__name__}")
-    check_float32_cpu(input, "input")
-    check_float32_cpu(values, "values")
-    if values.shape != (pattern.nnz,):
-        raise ValueError(f"values must have shape ({pattern.nnz},) to match the pattern, "
-                         f"got {tuple(values.shape)}")
-    if bias is not None:
-        check_float32_cpu(bias, "bias")
-        if bias.shape != (pattern.rows,):
-            raise ValueError(f"bias must have shape ({pattern.rows},), got {tuple(bias.shape)}")
-    if input.dim() == 0 or input.shape[-1] != pattern.cols:
-        raise ValueError(f"input must have shape (*, {pattern.cols}), got {tuple(input.shape)}")
+    return sparse_linear_buffers(input, pattern.indptr, pattern.indices, pattern.rows,
+                                 pattern.cols, values, bias, pattern)
+
+
+def sparse_linear_buffers(input: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor,
+                          rows: int, cols: int, values: torch.Tensor,
+                          bias: Optional[torch.Tensor] = None,
+                          pattern: Optional[CSRPattern] = None) -> torch.Tensor:
+    """:func:`sparse_linear` on raw pattern buffers (what a traced module passes: the
+    ops validate and cache the pattern themselves). ``pattern``, when given, is the
+    already-validated CSRPattern of these buffers, used by the eager path."""
+    _check_call(input, values, bias, rows, cols, indices.shape[0])
+    compute, result = compute_dtypes(input, values, bias)
+    if input.dtype != compute:
+        input = input.to(compute)
+    if values.dtype != compute:
+        values = values.to(compute)
+    if bias is not None and bias.dtype != compute:
+        bias = bias.to(compute)
     # A 2-D input is used as it is: every reshape would be one more autograd
     # node, which costs as much as the kernels of a small layer.
     lead = input.shape[:-1]
-    x2d = input if input.dim() == 2 else input.reshape(math.prod(lead), pattern.cols)
-    # The Function returns y^T (out, N); transposing outside it keeps the result
-    # an ordinary view that in-place ops (ReLU(inplace=True)) may modify.
-    yt = _SparseLinearFn.apply(x2d, values.contiguous(),
-                                None if bias is None else bias.contiguous(), pattern,
-                                input.is_leaf and input.requires_grad)
-    return yt.t() if input.dim() == 2 else yt.t().reshape(*lead, pattern.rows)
+    x2d = input if input.dim() == 2 else input.reshape(math.prod(lead), cols)
+    values = values.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    if custom_ops.AVAILABLE and _functorch_active() and not _is_compiling():
+        yt = custom_ops.LinearFuncFn.apply(x2d, values, bias, indptr, indices, rows)
+    elif custom_ops.AVAILABLE and (pattern is None or use_custom_ops(x2d)):
+        yt = custom_ops.linear(x2d, values, bias, indptr, indices, rows)
+    else:
+        if pattern is None:
+            pattern = K.pattern_of(indptr, indices, rows, cols)
+        # The Function returns y^T (out, N); transposing outside it keeps the result
+        # an ordinary view that in-place ops (ReLU(inplace=True)) may modify.
+        yt = _SparseLinearFn.apply(x2d, values, bias, pattern,
+                                    input.is_leaf and input.requires_grad)
+    y = yt.t() if input.dim() == 2 else yt.t().reshape(*lead, rows)
+    return y if y.dtype == result else y.to(result)
 
 
 def sparse_conv2d(*args, **kwargs):

@@ -5,12 +5,17 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from ._sparse_module import SparseWeightModule
-from ._validation import check_count as _check_count, check_float32_cpu
+from ._validation import check_count as _check_count, check_float_cpu
 from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
-from .functional import sparse_linear
+from . import conv_ops
+from .conv_dtypes import conv2d_other_paths
+from .dense_forms import export_weight
+from .linear_fast import try_linear
+from .functional import autocast_dtype, sparse_linear, sparse_linear_buffers, use_custom_ops
 
 def _check_factory_kwargs(cls_name: str, device, dtype) -> None:
     if device is not None and torch.device(device).type != "cpu":
@@ -75,10 +80,24 @@ class SparseLinear(SparseWeightModule):
                 f"bias={self.bias is not None}, sparsity={self.sparsity:.4f}, nnz={self.nnz}")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        check_float32_cpu(input, "input")
+        out = try_linear(self, input)  # the common eager call: one native call per pass
+        if out is not None:
+            return out
+        check_float_cpu(input, "input")
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expected input of shape (*, {self.in_features}), "
                              f"got {tuple(input.shape)}")
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no op for our kernels: export a dense Gemm with the materialised
+            # weight (never a trace of the kernels' output as a constant).
+            bias = None if self.bias is None else self.bias.to(input.dtype)
+            return F.linear(input, export_weight(self).to(input.dtype), bias)
+        if use_custom_ops(input):
+            # Traced (compile/export/torch.func): hand the raw buffers to the custom ops,
+            # which validate and cache the pattern themselves (the `pattern` property's
+            # checksum is native code Dynamo cannot trace).
+            return sparse_linear_buffers(input, self.indptr, self.indices, self.out_features,
+                                         self.in_features, self.values, self.bias)
         return sparse_linear(input, self.pattern, self.values, self.bias)
 
 
@@ -110,6 +129,7 @@ class SparseConv2d(SparseWeightModule):
         self.padding, self.groups, self.padding_mode = s.padding, s.groups, s.padding_mode
         self.weight_shape = (s.out_channels, s.in_channels // s.groups) + s.kernel_size
         self._plans = PlanCache()
+        self._spec_key = conv_ops.spec_key(s)  # the spec as the custom op takes it
         self._init_sparse(sparsity, bias, generator)
 
     @classmethod
@@ -137,6 +157,7 @@ class SparseConv2d(SparseWeightModule):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._plans = PlanCache()
+        self._spec_key = conv_ops.spec_key(self.spec)
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -154,4 +175,12 @@ class SparseConv2d(SparseWeightModule):
         return text + f", sparsity={self.sparsity:.4f}, nnz={self.nnz}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (isinstance(input, torch.Tensor) and input.dtype is not torch.float32
+                or self.values.dtype is not torch.float32 or torch.onnx.is_in_onnx_export()
+                or autocast_dtype() is not None):
+            return conv2d_other_paths(self, input)
+        if conv_ops.AVAILABLE and isinstance(input, torch.Tensor) and use_custom_ops(input):
+            # Traced (compile/export): one custom op on the raw buffers, as for SparseLinear.
+            return torch.ops.sparseprop.conv2d(input, self.values, self.bias, self.indptr,
+                                               self.indices, self._spec_key)
         return sparse_conv2d_spec(input, self.spec, self.pattern, self.values, self.bias, self._plans)
