@@ -67,6 +67,7 @@ mkdir -p "$tmp/stage"
 cp -r python/sparseprop "$tmp/stage/"
 cp "$so" "$tmp/stage/sparseprop/"
 cp -r tests "$tmp/stage/tests"
+cp -r examples "$tmp/stage/examples"  # tests/test_example_*.py run them
 rm -rf "$tmp/stage/tests/cpp" "$tmp/stage/tests/wheel"
 mkdir "$tmp/reports"
 status=0

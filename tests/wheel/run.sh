@@ -25,6 +25,7 @@ py=$work/venv/bin/python
 "$py" -m pip install -q "$whl" pytest pytest-benchmark hypothesis scikit-learn numpy
 
 cp -r "$root/tests" "$work/tests"
+cp -r "$root/examples" "$work/examples"  # tests/test_example_*.py run them
 rm -rf "$work/tests/cpp" "$work/tests/wheel"
 # pyproject.toml's pytest settings, without pyproject.toml itself.
 "$py" - "$root/pyproject.toml" > "$work/pytest.ini" <<'PYEOF'
