@@ -80,6 +80,23 @@ def padded_chwn(t: torch.Tensor, rows: int, cols: int, top: int, left: int) -> t
     return out
 
 
+def _phase_windows(h: int, w: int, sh: int, sw: int, top: int, left: int):
+    """For each stride phase (p, q) that receives pixels: (p, q, image index, grid index),
+    where ``t[image]`` of a (C, h, w, N) image and ``phase[grid]`` of that phase's
+    (C, rows, cols, N) grid are the same pixels (the padded image's rows ``p, p+sh, ...``)."""
+    for p in range(sh):
+        r0 = (p - top) % sh            # first input row landing in phase row class p
+        i0 = (r0 + top) // sh          # its row on the phase grid
+        nr = len(range(r0, h, sh))
+        for q in range(sw):
+            c0 = (q - left) % sw
+            j0 = (c0 + left) // sw
+            nc = len(range(c0, w, sw))
+            if nr and nc:
+                yield (p, q, (slice(None), slice(r0, None, sh), slice(c0, None, sw)),
+                       (slice(None), slice(i0, i0 + nr), slice(j0, j0 + nc)))
+
+
 def phases_chwn(t: torch.Tensor, stride: Tuple[int, int], top: int, left: int, hs: int,
                 ws: int) -> torch.Tensor:
     """(C, sh, sw, hs, ws, N) stride-phase copy of t (N, C, H, W), any layout: phase (p, q)
@@ -92,16 +109,8 @@ def phases_chwn(t: torch.Tensor, stride: Tuple[int, int], top: int, left: int, h
     src = t.permute(1, 2, 3, 0)
     out = _workspace.empty(c, sh, sw, hs, ws, n)
     out.zero_()
-    for p in range(sh):
-        r0 = (p - top) % sh            # first input row landing in phase row class p
-        i0 = (r0 + top) // sh          # its row on the phase grid
-        nr = len(range(r0, h, sh))
-        for q in range(sw):
-            c0 = (q - left) % sw
-            j0 = (c0 + left) // sw
-            nc = len(range(c0, w, sw))
-            if nr and nc:
-                out[:, p, q, i0:i0 + nr, j0:j0 + nc].copy_(src[:, r0::sh, c0::sw])
+    for p, q, image, grid in _phase_windows(h, w, sh, sw, top, left):
+        out[:, p, q][grid].copy_(src[image])
     return out
 
 
@@ -118,16 +127,8 @@ def from_phases_chwn(phases: torch.Tensor, h: int, w: int, top: int, left: int) 
         out.copy_(grid[:, top:top + h, left:left + w])
         return chwn_view(out)
     out = _workspace.empty(c, h, w, n)
-    for p in range(sh):
-        r0 = (p - top) % sh
-        i0 = (r0 + top) // sh
-        nr = len(range(r0, h, sh))
-        for q in range(sw):
-            c0 = (q - left) % sw
-            j0 = (c0 + left) // sw
-            nc = len(range(c0, w, sw))
-            if nr and nc:
-                out[:, r0::sh, c0::sw].copy_(phases[:, p, q, i0:i0 + nr, j0:j0 + nc])
+    for p, q, image, grid in _phase_windows(h, w, sh, sw, top, left):
+        out[image].copy_(phases[:, p, q][grid])
     return chwn_view(out)
 
 
