@@ -5,7 +5,7 @@ import warnings
 
 import torch
 
-__all__ = ["check_count", "check_float32_cpu", "renamed_keyword"]
+__all__ = ["check_count", "check_float32_cpu", "check_linear_input", "renamed_keyword"]
 
 
 def check_count(name: str, value, minimum: int = 0) -> int:
@@ -34,6 +34,13 @@ def check_float_cpu(t: torch.Tensor, name: str, dtypes=_COMPUTE_DTYPES + _CAST_D
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must be {names}, got {t.dtype}; sparseprop computes in float32 "
                         f"(float64 as a correctness path)")
+
+
+def check_linear_input(input: torch.Tensor, in_features: int) -> None:
+    """Raise unless ``input`` is a float CPU tensor of shape (*, in_features)."""
+    check_float_cpu(input, "input")
+    if input.dim() == 0 or input.shape[-1] != in_features:
+        raise ValueError(f"input must have shape (*, {in_features}), got {tuple(input.shape)}")
 
 
 def renamed_keyword(where: str, new_name: str, new, old_name: str, old):

@@ -9,7 +9,7 @@ from torch.autograd.function import once_differentiable
 
 from . import custom_ops
 from . import linear_kernels as K
-from ._validation import check_float32_cpu, check_float_cpu  # noqa: F401  (also sparseprop.functional's)
+from ._validation import check_float32_cpu, check_float_cpu, check_linear_input  # noqa: F401  (also sparseprop.functional's)
 from .csr import CSRPattern
 from .linear_kernels import feature_major  # noqa: F401  (re-exported: conv and others use it)
 
@@ -106,7 +106,7 @@ class _SparseLinearFn(torch.autograd.Function):
 
 
 def _check_call(input, values, bias, rows: int, cols: int, nnz: int) -> None:
-    check_float_cpu(input, "input")
+    check_linear_input(input, cols)
     check_float_cpu(values, "values")
     if values.shape != (nnz,):
         raise ValueError(f"values must have shape ({nnz},) to match the pattern, "
@@ -115,8 +115,6 @@ def _check_call(input, values, bias, rows: int, cols: int, nnz: int) -> None:
         check_float_cpu(bias, "bias")
         if bias.shape != (rows,):
             raise ValueError(f"bias must have shape ({rows},), got {tuple(bias.shape)}")
-    if input.dim() == 0 or input.shape[-1] != cols:
-        raise ValueError(f"input must have shape (*, {cols}), got {tuple(input.shape)}")
 
 
 def sparse_linear(input: torch.Tensor, pattern: CSRPattern, values: torch.Tensor,

@@ -8,7 +8,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ._sparse_module import SparseWeightModule
-from ._validation import check_count as _check_count, check_float_cpu
+from ._validation import check_count as _check_count, check_linear_input
 from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
 from . import conv_ops
@@ -83,13 +83,11 @@ class SparseLinear(SparseWeightModule):
         out = try_linear(self, input)  # the common eager call: one native call per pass
         if out is not None:
             return out
-        check_float_cpu(input, "input")
-        if input.dim() == 0 or input.shape[-1] != self.in_features:
-            raise ValueError(f"SparseLinear expected input of shape (*, {self.in_features}), "
-                             f"got {tuple(input.shape)}")
+        # Inputs are validated once, by the functional layer (or, when exporting, here).
         if torch.onnx.is_in_onnx_export():
             # ONNX has no op for our kernels: export a dense Gemm with the materialised
             # weight (never a trace of the kernels' output as a constant).
+            check_linear_input(input, self.in_features)
             bias = None if self.bias is None else self.bias.to(input.dtype)
             return F.linear(input, export_weight(self).to(input.dtype), bias)
         if use_custom_ops(input):
