@@ -17,6 +17,8 @@ from torch import nn
 
 import sparseprop
 
+from compile_helpers import assert_step_matches
+
 dynamo = pytest.importorskip("torch._dynamo")
 
 
@@ -80,15 +82,8 @@ def test_fullgraph_conv_model_matches_eager():
     net = _model()
     ref = copy.deepcopy(net)
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
-    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(3))
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y, y_ref = compiled(xa), ref(xb)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
-    y.square().sum().backward()
-    y_ref.square().sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
-    for (name, a), b in zip(net.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_step_matches(net, compiled, ref, torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(3)),
+                        atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1, groups=2),

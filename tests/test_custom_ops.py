@@ -11,6 +11,8 @@ from torch import nn
 import sparseprop
 from sparseprop import custom_ops
 
+from compile_helpers import assert_step_matches
+
 pytestmark = pytest.mark.skipif(not custom_ops.AVAILABLE, reason="torch.library.custom_op needs torch >= 2.4")
 
 
@@ -40,15 +42,7 @@ def test_fullgraph_compiled_matches_eager(isa, shape):
     net = _mlp()
     ref = copy.deepcopy(net)
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y, y_ref = compiled(xa), ref(xb)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    y.square().sum().backward()
-    y_ref.square().sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
-    for (name, a), b in zip(net.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_step_matches(net, compiled, ref, torch.randn(*shape, generator=torch.Generator().manual_seed(1)))
 
 
 def test_tiny_bert_fullgraph():
@@ -80,15 +74,7 @@ def test_fullgraph_inductor_matches_eager():
     net = _mlp()
     ref = copy.deepcopy(net)
     compiled = torch.compile(net, fullgraph=True)
-    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(2))
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y, y_ref = compiled(xa), ref(xb)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    y.square().sum().backward()
-    y_ref.square().sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
-    for a, b in zip(net.parameters(), ref.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    assert_step_matches(net, compiled, ref, torch.randn(6, 16, generator=torch.Generator().manual_seed(2)))
 
 
 def test_export_save_load_round_trip(tmp_path):
