@@ -98,9 +98,10 @@ def test_bad_feature_counts(in_f, out_f, name):
 def test_bad_device_and_dtype_arguments():
     with pytest.raises(ValueError, match="CPU only"):
         SparseLinear(4, 3, device="meta")
-    with pytest.raises(TypeError, match="float32"):
-        SparseLinear(4, 3, dtype=torch.float64)
-    SparseLinear(4, 3, device="cpu", dtype=torch.float32)  # the supported values are fine
+    with pytest.raises(TypeError, match="stores its weights as float32, bfloat16, float16, float64"):
+        SparseLinear(4, 3, dtype=torch.int32)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):  # storage dtypes
+        assert SparseLinear(4, 3, device="cpu", dtype=dtype).values.dtype == dtype
 
 
 def test_from_dense_bad_arguments():

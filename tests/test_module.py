@@ -150,10 +150,13 @@ def test_from_dense_sparsity_is_exact_even_if_weight_has_zeros():
     assert m.pattern.mask()[:, 5:].all()  # every nonzero is among the largest
 
 
-def test_from_dense_converts_dtype_and_copies():
-    lin = nn.Linear(6, 4).double()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_from_dense_keeps_the_storage_dtype_and_copies(dtype):
+    lin = nn.Linear(6, 4).to(dtype)
     m = SparseLinear.from_dense(lin)
-    assert m.values.dtype == torch.float32 and m.bias.dtype == torch.float32
+    assert m.values.dtype == dtype and m.bias.dtype == dtype
+    torch.testing.assert_close(m.weight, lin.weight.detach(), rtol=0, atol=0)
+    assert m.to_dense().weight.dtype == dtype
     with torch.no_grad():
         lin.weight.zero_()
         lin.bias.zero_()

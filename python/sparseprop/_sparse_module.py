@@ -28,11 +28,13 @@ class SparseWeightModule(nn.Module):
 
     weight_shape: Tuple[int, ...]
 
-    def _init_sparse(self, sparsity: float, bias: bool, generator: Optional[torch.Generator]) -> None:
+    def _init_sparse(self, sparsity: float, bias: bool, generator: Optional[torch.Generator],
+                     dtype: torch.dtype = torch.float32) -> None:
+        """``dtype`` is the storage dtype of values and bias (see STORAGE_DTYPES)."""
         pattern = CSRPattern.random(*self.pattern_shape, check_sparsity(sparsity), generator)
-        self.values = nn.Parameter(torch.empty(pattern.nnz, dtype=torch.float32))
+        self.values = nn.Parameter(torch.empty(pattern.nnz, dtype=dtype))
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.weight_shape[0], dtype=torch.float32))
+            self.bias = nn.Parameter(torch.empty(self.weight_shape[0], dtype=dtype))
         else:
             self.register_parameter("bias", None)
         self._install_pattern(pattern)
@@ -76,8 +78,9 @@ class SparseWeightModule(nn.Module):
 
             check_optimizer(optimizer, self.values)
             old_pattern, old_grad = self.pattern, self.values.grad
-        self._replace_values(torch.zeros(pattern.nnz, dtype=torch.float32) if values is None
-                             else values.detach().float().clone())
+        dtype = self.values.dtype  # the storage dtype stays
+        self._replace_values(torch.zeros(pattern.nnz, dtype=dtype) if values is None
+                             else values.detach().to(dtype, copy=True))
         self._install_pattern(pattern)
         if optimizer is not None:
             from .optim_state import entry_map, remap_optimizer_state
@@ -149,6 +152,7 @@ class SparseWeightModule(nn.Module):
         return self.pattern.to_dense(self.values).view(self.weight_shape)
 
     def _copy_dense_into(self, dense: nn.Module) -> nn.Module:
+        dense = dense.to(self.values.dtype)  # the dense twin stores what this layer stores
         with torch.no_grad():
             dense.weight.copy_(self.weight)
             if self.bias is not None:
@@ -254,7 +258,7 @@ class SparseWeightModule(nn.Module):
         pattern = self.check_state(state_dict, prefix)
         if pattern is not None:
             if self.values.shape != (pattern.nnz,):
-                self._replace_values(torch.zeros(pattern.nnz, dtype=torch.float32))
+                self._replace_values(torch.zeros(pattern.nnz, dtype=self.values.dtype))
             self._install_pattern(pattern)
             # torch copies (or assigns) the pattern entries: give it the validated private
             # copies just installed, never the caller's tensors.

@@ -5,7 +5,8 @@ import warnings
 
 import torch
 
-__all__ = ["check_count", "check_float32_cpu", "check_linear_input", "renamed_keyword"]
+__all__ = ["STORAGE_DTYPES", "check_count", "check_float32_cpu", "check_linear_input",
+           "check_storage_dtype", "renamed_keyword"]
 
 
 def check_count(name: str, value, minimum: int = 0) -> int:
@@ -17,6 +18,21 @@ def check_count(name: str, value, minimum: int = 0) -> int:
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
 _CAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+# What a sparse layer may store its values (and bias) in; it computes in float32 from
+# bfloat16/float16 storage, and on the float64 correctness path from float64 storage.
+STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def check_storage_dtype(where: str, dtype) -> torch.dtype:
+    """``dtype`` (None means float32) if a sparse layer can store its values in it."""
+    if dtype is None:
+        return torch.float32
+    if dtype not in STORAGE_DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in STORAGE_DTYPES)
+        raise TypeError(f"{where} stores its weights as {names}, got dtype={dtype}")
+    return dtype
 
 
 def check_float32_cpu(t: torch.Tensor, name: str) -> None:

@@ -94,8 +94,8 @@ def from_pretrained(cls, path: str, **kwargs):
     and values (outputs identical to the saved model). Any other missing, unexpected or
     mismatched key is reported as transformers would (a warning), and a sparse layer whose
     dense counterpart in ``cls`` is not a Linear / Conv1D / Conv2d raises ``ValueError``.
-    The model comes back in eval mode, like ``from_pretrained``'s; sparse layers are float32
-    (``dtype=`` applies to the rest).
+    The model comes back in eval mode, like ``from_pretrained``'s; sparse layers store the
+    dtype of the layer they replace (the model's ``dtype``).
     """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path!r} is not a directory (a save_pretrained output)")

@@ -54,7 +54,8 @@ class SparseConv1D(SparseLinear):
         if not is_conv1d(conv1d):
             raise TypeError(f"SparseConv1D.from_dense expects a transformers Conv1D, "
                             f"got {type(conv1d).__name__}")
-        module = cls(conv1d.nx, conv1d.nf, bias=conv1d.bias is not None, sparsity=1.0)
+        module = cls(conv1d.nx, conv1d.nf, bias=conv1d.bias is not None, sparsity=1.0,
+                     dtype=conv1d.weight.dtype)
         module._load_dense(conv1d.weight.detach().t(), conv1d.bias,
                            None if mask is None else mask.t(), sparsity)
         return module
@@ -63,7 +64,7 @@ class SparseConv1D(SparseLinear):
         """A ``transformers`` ``Conv1D`` with the same outputs (zeros off the pattern)."""
         from transformers.pytorch_utils import Conv1D  # only reachable with transformers
 
-        dense = Conv1D(self.nf, self.nx)
+        dense = Conv1D(self.nf, self.nx).to(self.values.dtype)
         with torch.no_grad():
             dense.weight.copy_(self.weight.t())
             if self.bias is not None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ._sparse_module import SparseWeightModule
+from ._validation import STORAGE_DTYPES
 from .hf_conv1d import SparseConv1D, conv1d_class, is_conv1d
 from .modules import SparseConv2d, SparseLinear
 
@@ -117,13 +118,15 @@ def conversion_blocker(module: nn.Module, weight: torch.Tensor,
     ``weight`` is the Parameter holding its weight (``weight_orig`` of a pruned layer) and
     ``users`` comes from :func:`shared_parameter_users`. The rule: a layer with a sparse
     class whose ``forward`` is the standard one (a subclass overriding it would be lost),
-    with float32 CPU weights, not shared with another module (swapping would untie it)."""
+    with CPU weights of a storage dtype (float32, bfloat16, float16, float64), not shared
+    with another module (swapping would untie it)."""
     if sparse_class(module) is None:
         return f"{type(module).__name__} has no sparse form"
     if type(module).forward is not _dense_base(module).forward:
         return f"{type(module).__name__} overrides forward"
-    if weight.dtype != torch.float32 or weight.device.type != "cpu":
-        return f"{weight.dtype} weights on {weight.device} (sparse layers: float32, CPU)"
+    if weight.dtype not in STORAGE_DTYPES or weight.device.type != "cpu":
+        return (f"{weight.dtype} weights on {weight.device} (sparse layers: CPU, "
+                f"float32/bfloat16/float16/float64)")
     if users.get(id(weight), 0) > 1:
         return "weight shared with another module"
     return None
@@ -155,14 +158,17 @@ def effective_tensor(module: nn.Module, name: str) -> Tuple[Optional[torch.Tenso
 
 
 def empty_sparse_twin(module: nn.Module, has_bias: bool) -> SparseWeightModule:
-    """A sparse layer with dense ``module``'s configuration and an empty pattern."""
+    """A sparse layer with dense ``module``'s configuration and storage dtype, and an
+    empty pattern."""
+    dtype = effective_tensor(module, "weight")[2].dtype
     if is_conv1d(module):
-        return SparseConv1D(module.nx, module.nf, bias=has_bias, sparsity=1.0)
+        return SparseConv1D(module.nx, module.nf, bias=has_bias, sparsity=1.0, dtype=dtype)
     if isinstance(module, nn.Linear):
-        return SparseLinear(module.in_features, module.out_features, bias=has_bias, sparsity=1.0)
+        return SparseLinear(module.in_features, module.out_features, bias=has_bias, sparsity=1.0,
+                            dtype=dtype)
     return SparseConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                         module.padding, module.dilation, module.groups, has_bias,
-                        module.padding_mode, sparsity=1.0)
+                        module.padding_mode, sparsity=1.0, dtype=dtype)
 
 
 def _carry_training_state(old: nn.Module, new: nn.Module, old_weight: torch.Tensor,

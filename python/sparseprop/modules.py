@@ -8,7 +8,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ._sparse_module import SparseWeightModule
-from ._validation import check_count as _check_count, check_linear_input
+from ._validation import check_count as _check_count, check_linear_input, check_storage_dtype
 from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
 from .csr import CSRPattern
 from . import conv_ops
@@ -17,11 +17,11 @@ from .dense_forms import export_weight
 from .linear_fast import try_linear
 from .functional import autocast_dtype, sparse_linear, sparse_linear_buffers, use_custom_ops
 
-def _check_factory_kwargs(cls_name: str, device, dtype) -> None:
+def _check_factory_kwargs(cls_name: str, device, dtype) -> torch.dtype:
+    """The storage dtype of a new layer; raises on a non-CPU device."""
     if device is not None and torch.device(device).type != "cpu":
         raise ValueError(f"{cls_name} runs on the CPU only, got device={device!r}")
-    if dtype is not None and dtype != torch.float32:
-        raise TypeError(f"{cls_name} computes in float32, got dtype={dtype}")
+    return check_storage_dtype(cls_name, dtype)
 
 
 class SparseLinear(SparseWeightModule):
@@ -47,11 +47,11 @@ class SparseLinear(SparseWeightModule):
                  sparsity: float = 0.9, *, generator: Optional[torch.Generator] = None,
                  device=None, dtype=None) -> None:
         super().__init__()
-        _check_factory_kwargs(type(self).__name__, device, dtype)
+        dtype = _check_factory_kwargs(type(self).__name__, device, dtype)
         self.in_features = _check_count("in_features", in_features)
         self.out_features = _check_count("out_features", out_features)
         self.weight_shape = (out_features, in_features)
-        self._init_sparse(sparsity, bias, generator)
+        self._init_sparse(sparsity, bias, generator, dtype)
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None,
@@ -66,7 +66,8 @@ class SparseLinear(SparseWeightModule):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense expects an nn.Linear, got {type(linear).__name__}")
-        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, sparsity=1.0)
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, sparsity=1.0,
+                     dtype=linear.weight.dtype)
         module._load_dense(linear.weight, linear.bias, mask, sparsity)
         return module
 
@@ -118,7 +119,7 @@ class SparseConv2d(SparseWeightModule):
                  sparsity: float = 0.9, *, generator: Optional[torch.Generator] = None,
                  device=None, dtype=None) -> None:
         super().__init__()
-        _check_factory_kwargs(type(self).__name__, device, dtype)
+        dtype = _check_factory_kwargs(type(self).__name__, device, dtype)
         self.spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding,
                                     dilation, groups, padding_mode)
         s = self.spec
@@ -128,7 +129,7 @@ class SparseConv2d(SparseWeightModule):
         self.weight_shape = (s.out_channels, s.in_channels // s.groups) + s.kernel_size
         self._plans = PlanCache()
         self._spec_key = conv_ops.spec_key(s)  # the spec as the custom op takes it
-        self._init_sparse(sparsity, bias, generator)
+        self._init_sparse(sparsity, bias, generator, dtype)
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, mask: Optional[torch.Tensor] = None,
@@ -138,7 +139,7 @@ class SparseConv2d(SparseWeightModule):
             raise TypeError(f"from_dense expects an nn.Conv2d, got {type(conv).__name__}")
         module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                      conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                     conv.padding_mode, sparsity=1.0)
+                     conv.padding_mode, sparsity=1.0, dtype=conv.weight.dtype)
         module._load_dense(conv.weight, conv.bias, mask, sparsity)
         return module
 

@@ -48,12 +48,14 @@ def pattern_of_mask(mask: torch.Tensor, shape: Tuple[int, int]) -> Tuple[np.ndar
 
 
 def gather_at(positions: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function taking a tensor's entries (flattened) at ``positions``, as float32 or
-    the tensor's dtype, into a new 1-D tensor."""
+    """A function taking a tensor's entries (flattened) at ``positions``, in the tensor's
+    dtype, into a new 1-D tensor."""
     def take(t: torch.Tensor) -> torch.Tensor:
         flat = t.detach().reshape(-1)
         if not flat.is_contiguous():
             flat = flat.contiguous()
+        if flat.dtype == torch.bfloat16:  # numpy has no bfloat16: move the same bits as int16
+            return torch.from_numpy(np.take(flat.view(torch.int16).numpy(), positions)).view(flat.dtype)
         return torch.from_numpy(np.take(flat.numpy(), positions))
     return take
 
