@@ -339,9 +339,10 @@ def test_bad_geometry_arguments(name, kwargs):
 def test_bad_device_and_dtype_arguments():
     with pytest.raises(ValueError, match="CPU only"):
         SparseConv2d(2, 3, 3, device="meta")
-    with pytest.raises(TypeError, match="float32"):
-        SparseConv2d(2, 3, 3, dtype=torch.float64)
-    SparseConv2d(2, 3, 3, device="cpu", dtype=torch.float32)
+    with pytest.raises(TypeError, match="stores its weights as float32, bfloat16, float16, float64"):
+        SparseConv2d(2, 3, 3, dtype=torch.int64)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):  # storage dtypes
+        assert SparseConv2d(2, 3, 3, device="cpu", dtype=dtype).values.dtype == dtype
 
 
 def test_from_dense_bad_arguments():
