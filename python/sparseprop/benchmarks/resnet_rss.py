@@ -26,8 +26,8 @@ def peak_rss_mib(kind: str, sparsity: float, batch: int, steps: int, threads: in
     ``kind`` ('sparse' or 'dense') ResNet-18 at ``sparsity`` and ``batch``."""
     if kind not in ("sparse", "dense"):
         raise ValueError(f"kind must be 'sparse' or 'dense', got {kind!r}")
-    cmd = [sys.executable, "-m", "sparseprop.benchmarks.resnet_rss", kind, str(sparsity), str(batch),
-           str(steps), str(threads), isa or "", str(seed)]
+    cmd = [sys.executable, "-m", "sparseprop.benchmarks.resnet_rss", kind, str(sparsity),
+           str(batch), str(steps), str(threads), isa or "", str(seed)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"peak-RSS child failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
