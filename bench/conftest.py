@@ -5,6 +5,9 @@ time anything), and pytest-benchmark refuses ``--benchmark-only`` together with
 ``--benchmark-disable``. Here ``--benchmark-only`` turns timing back on, so
 ``python -m pytest bench/ --benchmark-only`` works as well as the explicit
 ``python -m pytest bench/ --benchmark-enable --benchmark-only``.
+
+Every suite runs torch and sparseprop on the same number of threads
+(``SPARSEPROP_BENCH_THREADS``, or torch's default).
 """
 from __future__ import annotations
 
@@ -20,6 +23,21 @@ def pytest_configure(config):
     opt = config.option
     if getattr(opt, "benchmark_only", False) and getattr(opt, "benchmark_disable", False):
         opt.benchmark_enable = True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _same_threads():
+    """torch and sparseprop use the same number of threads (SPARSEPROP_BENCH_THREADS or torch's)."""
+    import sparseprop
+
+    before = torch.get_num_threads()
+    value = os.environ.get("SPARSEPROP_BENCH_THREADS")
+    n = int(value) if value else before
+    torch.set_num_threads(n)
+    sparseprop.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+    sparseprop.set_num_threads(None)
 
 
 def pytest_report_header(config):

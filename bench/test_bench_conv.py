@@ -5,7 +5,10 @@ Two ResNet-18 (CIFAR) layers, 3x3 64->64 on 32x32 and 3x3 256->256 on 8x8 (strid
 the sparse one's masked twin (``SparseConv2d.to_dense()``). The input requires
 grad, so forward+backward computes the input gradient (as for a middle layer)
 plus the weight (or values) gradient; gradients are reset (``.grad = None``)
-inside every timed call, the same for both implementations.
+inside every timed call, the same for both implementations. The layers, the
+agreement check and the timed body are those of ``python -m sparseprop.bench --conv``
+(``sparseprop.benchmarks.conv_layers`` presets ``c64`` and ``c256``,
+``sparseprop.benchmarks.checks.max_rel_error``, ``sparseprop._timing.pass_items``).
 
 Benchmarks are grouped per (layer, batch, sparsity): compare within a group.
 See bench/README.md for how to run (timing needs --benchmark-enable or
@@ -15,15 +18,15 @@ full layer sweep and a whole ResNet-18 training step use
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import sparseprop
+from sparseprop._timing import as_call, pass_items
+from sparseprop.benchmarks.checks import max_rel_error
+from sparseprop.benchmarks.conv_layers import PRESET_LAYERS
 
-# (in_channels, out_channels, kernel, input size)
-LAYERS = [(64, 64, 3, 32), (256, 256, 3, 8)]
+LAYERS = [PRESET_LAYERS["c64"], PRESET_LAYERS["c256"]]
 SPARSITIES = [0.9, 0.95]
 BATCHES = [32]
 IMPLS = ["dense", "sparseprop"]
@@ -31,21 +34,7 @@ SEED = 0
 
 
 def _layer_id(layer) -> str:
-    cin, cout, k, size = layer
-    return f"{k}x{k}-{cin}x{cout}-{size}px"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _same_threads():
-    """torch and sparseprop use the same number of threads (SPARSEPROP_BENCH_THREADS or torch's)."""
-    before = torch.get_num_threads()
-    value = os.environ.get("SPARSEPROP_BENCH_THREADS")
-    n = int(value) if value else before
-    torch.set_num_threads(n)
-    sparseprop.set_num_threads(n)
-    yield
-    torch.set_num_threads(before)
-    sparseprop.set_num_threads(None)
+    return f"{layer.kernel}x{layer.kernel}-{layer.in_channels}x{layer.out_channels}-{layer.size}px"
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +45,7 @@ def conv_layers():
     def get(layer, sparsity):
         key = (layer, sparsity)
         if key not in cache:
-            cin, cout, k, size = layer
-            sparse = sparseprop.SparseConv2d(cin, cout, k, padding=k // 2, bias=False,
-                                             sparsity=sparsity,
-                                             generator=torch.Generator().manual_seed(SEED))
+            sparse = layer.make(sparsity, torch.Generator().manual_seed(SEED))
             mods = {"dense": sparse.to_dense(), "sparseprop": sparse}
             _check_agree(mods, layer)
             cache[key] = mods
@@ -69,21 +55,12 @@ def conv_layers():
 
 
 def _check_agree(mods, layer):
-    """Same output and input gradient on a small batch (so we never time a broken path)."""
-    cin, _, _, size = layer
+    """Same output, input and weight gradients on a small batch (so we never time a broken path)."""
     gen = torch.Generator().manual_seed(SEED + 1)
-    x = torch.randn(2, cin, size, size, generator=gen)
-    results = {}
-    for name, m in mods.items():
-        xi = x.clone().requires_grad_(True)
-        y = m(xi)
-        y.backward(torch.ones_like(y))
-        results[name] = (y.detach(), xi.grad)
-        for p in m.parameters():
-            p.grad = None
-    for name, (y, gx) in results.items():
-        torch.testing.assert_close(y, results["dense"][0], rtol=1e-4, atol=1e-4, msg=f"{name} output")
-        torch.testing.assert_close(gx, results["dense"][1], rtol=1e-4, atol=1e-4, msg=f"{name} grad")
+    x = torch.randn(2, layer.in_channels, layer.size, layer.size, generator=gen).requires_grad_(True)
+    grad = torch.randn(2, layer.out_channels, layer.out_size, layer.out_size, generator=gen)
+    err = max_rel_error(mods["dense"], mods["sparseprop"], x, grad)
+    assert err <= 1e-4, f"{layer.label}: dense and sparse differ by {err:.3g} (relative)"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -92,34 +69,29 @@ def _check_agree(mods, layer):
 @pytest.mark.parametrize("layer", LAYERS, ids=_layer_id)
 def test_conv_fwd_bwd(benchmark, conv_layers, layer, batch, sparsity, impl):
     module = conv_layers(layer, sparsity)[impl]
-    cin, cout, _, size = layer
     gen = torch.Generator().manual_seed(SEED + batch)
-    x = torch.randn(batch, cin, size, size, generator=gen).requires_grad_(True)
-    grad = torch.randn(batch, cout, size, size, generator=gen)
+    x = torch.randn(batch, layer.in_channels, layer.size, layer.size, generator=gen).requires_grad_(True)
+    grad = torch.randn(batch, layer.out_channels, layer.out_size, layer.out_size, generator=gen)
     params = [p for p in module.parameters() if p.requires_grad]
 
-    def fwd_bwd():
-        x.grad = None
-        for p in params:
-            p.grad = None
-        module(x).backward(grad)
-
     benchmark.group = f"conv {_layer_id(layer)} batch={batch} sparsity={sparsity:g} fwd+bwd"
-    benchmark.extra_info.update(impl=impl, in_channels=cin, out_channels=cout, kernel=layer[2],
-                                size=size, batch=batch, sparsity=sparsity, pass_="fwd+bwd",
+    benchmark.extra_info.update(impl=impl, in_channels=layer.in_channels,
+                                out_channels=layer.out_channels, kernel=layer.kernel,
+                                size=layer.size, batch=batch, sparsity=sparsity, pass_="fwd+bwd",
                                 threads=sparseprop.get_num_threads(), isa=sparseprop.get_isa())
-    benchmark(fwd_bwd)
+    benchmark(as_call(pass_items(module, x, grad).fwdbwd))
     assert x.grad is not None and x.grad.shape == x.shape
     assert all(p.grad is not None for p in params)
 
 
 # ----------------------------------------------------------------------------------------
 # quick checks of the conv benchmark tooling (run in the smoke run; skipped by
-# --benchmark-only). They skip on an installed sparseprop older than bench_conv.
+# --benchmark-only).
 # ----------------------------------------------------------------------------------------
 def test_models_sparsify_densify_agree():
-    models = pytest.importorskip("sparseprop.models")
     import copy
+
+    from sparseprop.benchmarks import resnet_models as models
 
     torch.manual_seed(SEED)
     base = models.resnet18_cifar(num_classes=10)
@@ -136,7 +108,6 @@ def test_models_sparsify_densify_agree():
 
 
 def test_cli_conv_markdown(tmp_path, capsys):
-    pytest.importorskip("sparseprop.bench_conv")
     from sparseprop import bench
 
     csv_path = tmp_path / "conv.csv"
@@ -151,7 +122,6 @@ def test_cli_conv_markdown(tmp_path, capsys):
 
 
 def test_cli_resnet18(capsys):
-    pytest.importorskip("sparseprop.bench_conv")
     from sparseprop import bench
 
     rc = bench.main(["--resnet18", "--batch", "2", "--sparsity", "0.9", "--reps", "1",

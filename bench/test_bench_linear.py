@@ -12,19 +12,22 @@ gradient, like SparseLinear's), so it is benchmarked for forward and
 forward+backward. (``F.linear(x, W_csr)`` also runs backward but returns a
 *dense* weight gradient, which would not be a like-for-like comparison.)
 
+The layers and the timed bodies are the ``python -m sparseprop.bench`` table's own
+(``sparseprop.benchmarks.linear.make_layers``, ``sparseprop._timing.pass_items``).
+
 Benchmarks are grouped per (shape, batch, sparsity, pass): compare within a group.
 See bench/README.md for how to run (timing needs --benchmark-enable or
 --benchmark-only, because pyproject's addopts has --benchmark-disable).
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
 
 import sparseprop
+from sparseprop._timing import as_call, pass_items
+from sparseprop.benchmarks.linear import make_layers
 
 SHAPES = [(1024, 1024), (4096, 4096)]  # (in_features, out_features)
 SPARSITIES = [0.9, 0.95]
@@ -49,23 +52,6 @@ class TorchCSRLinear(nn.Module):
         return torch.sparse.mm(self.weight, x.t()).t() + self.bias
 
 
-def _threads():
-    value = os.environ.get("SPARSEPROP_BENCH_THREADS")
-    return int(value) if value else None
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _same_threads():
-    """torch and sparseprop use the same number of threads (SPARSEPROP_BENCH_THREADS or torch's)."""
-    before = torch.get_num_threads()
-    n = _threads() or before
-    torch.set_num_threads(n)
-    sparseprop.set_num_threads(n)
-    yield
-    torch.set_num_threads(before)
-    sparseprop.set_num_threads(None)
-
-
 @pytest.fixture(scope="session")
 def layers():
     """get(shape, sparsity) -> {impl: module}; built once per session (large patterns take seconds)."""
@@ -74,10 +60,7 @@ def layers():
     def get(shape, sparsity):
         key = (shape, sparsity)
         if key not in cache:
-            gen = torch.Generator().manual_seed(SEED)
-            sparse = sparseprop.SparseLinear(shape[0], shape[1], bias=True, sparsity=sparsity,
-                                             generator=gen)
-            dense = sparse.to_dense()
+            sparse, dense = make_layers(shape[0], shape[1], sparsity, seed=SEED)
             mods = {"dense": dense, "torch_csr": TorchCSRLinear(dense), "sparseprop": sparse}
             _check_agree(mods, shape[0])
             cache[key] = mods
@@ -96,17 +79,9 @@ def _check_agree(mods, in_features):
 
 
 def _body(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, pass_: str):
-    if pass_ == "fwd":
-        return lambda: module(x)
-    params = [p for p in module.parameters() if p.requires_grad]
-
-    def fwd_bwd():
-        x.grad = None
-        for p in params:
-            p.grad = None
-        module(x).backward(grad)
-
-    return fwd_bwd
+    """The timed call: the forward, or gradients reset then forward+backward in one call."""
+    items = pass_items(module, x, grad)
+    return items.fwd if pass_ == "fwd" else as_call(items.fwdbwd)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

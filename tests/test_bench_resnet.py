@@ -3,12 +3,12 @@ import math
 
 import pytest
 
-from sparseprop import bench_conv
-from sparseprop._resnet_rss import peak_rss_mib
+from sparseprop.benchmarks import cli, resnet_profile
+from sparseprop.benchmarks.resnet_rss import peak_rss_mib
 
 
 def test_ops_table_ranks_by_sparse_time_and_shows_dense_twin():
-    lines = bench_conv.ops_table_lines({"bn": 2.0, "conv": 9.0}, {"bn": 3.0, "spconv": 5.0, "relu": 1.0}, 2)
+    lines = resnet_profile.ops_table_lines({"bn": 2.0, "conv": 9.0}, {"bn": 3.0, "spconv": 5.0, "relu": 1.0}, 2)
     assert lines[1].split() == ["spconv", "5.0", "0.0"]  # absent from the dense model: 0
     assert lines[2].split() == ["bn", "3.0", "2.0"]
     assert len(lines) == 4 and lines[-1].split()[-2:] == ["9.0", "11.0"]  # totals over all ops
@@ -20,7 +20,7 @@ def test_peak_rss_rejects_unknown_model_kind():
 
 
 def test_resnet18_bench_tiny_run_prints_ops_and_breakdown(capsys):
-    rc = bench_conv.main_resnet18(["--batch", "2", "--sparsity", "0.9", "--reps", "1", "--warmup", "0",
+    rc = cli.main_resnet18(["--batch", "2", "--sparsity", "0.9", "--reps", "1", "--warmup", "0",
                                    "--profile-steps", "1", "--ops", "3", "--rss-steps", "0"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -30,7 +30,7 @@ def test_resnet18_bench_tiny_run_prints_ops_and_breakdown(capsys):
 
 def test_resnet18_bench_rejects_negative_counts():
     with pytest.raises(SystemExit):
-        bench_conv.main_resnet18(["--rss-steps", "-1"])
+        cli.main_resnet18(["--rss-steps", "-1"])
 
 
 @pytest.mark.slow
@@ -43,7 +43,7 @@ def test_peak_rss_children_report_plausible_sizes():
 
 @pytest.mark.slow
 def test_resnet18_bench_gmp_run_prints_whole_run_ratio(capsys):
-    rc = bench_conv.main_resnet18(["--batch", "2", "--sparsity", "0.9", "--reps", "1", "--warmup", "0",
+    rc = cli.main_resnet18(["--batch", "2", "--sparsity", "0.9", "--reps", "1", "--warmup", "0",
                                    "--profile-steps", "0", "--rss-steps", "0", "--gmp-steps", "4"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -58,13 +58,13 @@ def test_resnet18_bench_gmp_run_prints_whole_run_ratio(capsys):
                                   ["--gmp-sparsity", "1.0"], ["--gmp-sparsity", "0"]])
 def test_resnet18_bench_rejects_bad_gmp_options(argv):
     with pytest.raises(SystemExit):
-        bench_conv.main_resnet18(argv)
+        cli.main_resnet18(argv)
 
 
 def test_gmp_vs_dense_validates_and_leaves_base_alone():
     import torch
-    from sparseprop._resnet_gmp import gmp_vs_dense
-    from sparseprop.models import resnet18_cifar
+    from sparseprop.benchmarks.resnet_gmp import gmp_vs_dense
+    from sparseprop.benchmarks.resnet_models import resnet18_cifar
 
     base = resnet18_cifar()
     with pytest.raises(ValueError, match="steps"):

@@ -18,7 +18,7 @@ from sparseprop import conv as conv_module
 from sparseprop.conv_layout import (LayoutBatchNorm2d, from_phases_chwn, is_chwn,
                                     layout_resident_batchnorms, phases_chwn, to_chwn)
 from sparseprop import densify
-from sparseprop.models import BasicBlock, sparsify_convs
+from sparseprop.benchmarks.resnet_models import BasicBlock, sparsify_convs
 
 
 @pytest.fixture(autouse=True)
@@ -289,7 +289,7 @@ def test_mixed_layouts_feed_sparse_and_dense_consumers():
 def test_resnet18_layout_is_resident():
     """In the sparse ResNet-18 every activation after the first batch-layout conv stays
     CHWN-strided up to the pooled head."""
-    from sparseprop.models import resnet18_cifar
+    from sparseprop.benchmarks.resnet_models import resnet18_cifar
 
     model = sparsify_convs(resnet18_cifar(), 0.9)
     seen = {}

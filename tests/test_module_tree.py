@@ -1,6 +1,6 @@
 """sparseprop.module_tree, the one home of model surgery: finding layers under every name,
 the one name selector, the one convertibility rule, the one swap; and its callers
-(sparsify, densify, the pruners, sparseprop.models) agreeing on them."""
+(sparsify, densify, the pruners, the benchmarks' sparsify_convs) agreeing on them."""
 from __future__ import annotations
 
 import re
@@ -12,6 +12,7 @@ from torch import nn
 
 import sparseprop
 from sparseprop import SparseConv2d, SparseLinear, models, module_tree, pruning
+from sparseprop.benchmarks import resnet_models
 from sparseprop.optim_state import swap_parameter
 
 
@@ -122,17 +123,17 @@ def test_twins_keep_mode_and_requires_grad(training, frozen):
         module_tree.sparse_twin(nn.ReLU())
 
 
-def test_models_sparsify_convs_swaps_every_name_with_exact_counts():
+def test_sparsify_convs_swaps_every_name_with_exact_counts():
     conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), conv, nn.ReLU(), conv)
     with torch.no_grad():
         conv.weight[0] = 0.0  # zeros do not lower the count: from_dense picks exactly
-    models.sparsify_convs(model, 0.5, skip=("0",))
+    resnet_models.sparsify_convs(model, 0.5, skip=("0",))
     assert isinstance(model[0], nn.Conv2d)
     assert model[1] is model[3] and isinstance(model[1], SparseConv2d)
     assert model[1].nnz == round(0.5 * conv.weight.numel())
     with pytest.raises(ValueError, match="cannot replace the model itself"):
-        models.sparsify_convs(nn.Conv2d(2, 2, 1), 0.5, skip=())
+        resnet_models.sparsify_convs(nn.Conv2d(2, 2, 1), 0.5, skip=())
 
 
 def test_models_densify_is_deprecated_and_is_sparseprop_densify():

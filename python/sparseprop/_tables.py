@@ -12,16 +12,21 @@ class Table:
       the header (and above an optional footer);
     * :meth:`header` / :meth:`row`: one line at a time at the fixed ``widths``, for
       rows printed while they are measured;
-    * :meth:`markdown`: a GitHub table (left columns ``---``, right ones ``---:``).
+    * :meth:`markdown`: a GitHub table (left columns ``---``, right ones ``---:``;
+      ``markdown_align`` when it should differ from the text's, e.g. a label column
+      right-aligned in text but left-aligned on GitHub).
     """
 
     def __init__(self, columns: Sequence[str], align: str,
-                 widths: Optional[Sequence[int]] = None) -> None:
-        if len(align) != len(columns) or set(align) - {"l", "r"}:
-            raise ValueError(f"align needs one 'l' or 'r' per column, got {align!r}")
+                 widths: Optional[Sequence[int]] = None,
+                 markdown_align: Optional[str] = None) -> None:
+        for what, value in (("align", align), ("markdown_align", markdown_align or align)):
+            if len(value) != len(columns) or set(value) - {"l", "r"}:
+                raise ValueError(f"{what} needs one 'l' or 'r' per column, got {value!r}")
         if widths is not None and len(widths) != len(columns):
             raise ValueError(f"widths needs one width per column, got {len(widths)}")
         self.columns, self.align = [str(c) for c in columns], align
+        self.markdown_align = markdown_align or align
         self.widths = list(widths) if widths is not None else [len(c) for c in self.columns]
 
     def _line(self, cells: Sequence[object], widths: Sequence[int]) -> str:
@@ -46,7 +51,7 @@ class Table:
         return "\n".join(out)
 
     def markdown(self, rows: Sequence[Sequence[object]]) -> str:
-        rule = ["---" if a == "l" else "---:" for a in self.align]
+        rule = ["---" if a == "l" else "---:" for a in self.markdown_align]
         lines = ["| " + " | ".join(self.columns) + " |", "|" + "|".join(rule) + "|"]
         lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
         return "\n".join(lines)

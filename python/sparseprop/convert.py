@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
-import time
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -21,6 +19,7 @@ from torch import nn
 
 from ._sparse_module import SparseWeightModule, magnitude_keep
 from ._tables import Table, fmt_bytes, shape_str
+from ._timing import medians_ms, pass_items, time_interleaved_samples
 from .conv_layout import layout_resident_batchnorms, plain_batchnorms
 from .csr import check_sparsity, nnz_for
 from .hf_conv1d import SparseConv1D, is_conv1d
@@ -335,28 +334,17 @@ def _time_candidates(model, plans, sample_input, margin, reps, warmup) -> None:
 
 def _time_pair(dense: nn.Module, sparse: nn.Module, x: torch.Tensor, needs_grad: bool,
                reps: int, warmup: int) -> Tuple[float, float]:
-    """Median forward+backward milliseconds of ``dense`` and ``sparse`` on ``x``, interleaved."""
+    """Median forward+backward milliseconds of ``dense`` and ``sparse`` on ``x``, timed
+    interleaved by the package's one timer (the benchmarks' too)."""
     x = x.detach().clone().requires_grad_(needs_grad)
     with torch.no_grad():
         grad_out = torch.randn_like(dense(x))
-
-    def run(layer):
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-        start = time.perf_counter()
-        layer(x).backward(grad_out)
-        return (time.perf_counter() - start) * 1e3
-
-    times: Dict[int, List[float]] = {0: [], 1: []}
-    layers = (dense, sparse)
-    with torch.enable_grad():
-        for i in range(warmup + reps):
-            order = (0, 1) if i % 2 == 0 else (1, 0)  # alternate who goes first
-            for j in order:
-                t = run(layers[j])
-                if i >= warmup:
-                    times[j].append(t)
-    return statistics.median(times[0]), statistics.median(times[1])
+    with torch.enable_grad():  # sparsify may run under no_grad
+        samples = time_interleaved_samples(
+            [pass_items(dense, x, grad_out).fwdbwd, pass_items(sparse, x, grad_out).fwdbwd],
+            reps=reps, warmup=warmup)
+    dense_ms, sparse_ms = medians_ms(samples)
+    return dense_ms, sparse_ms
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Model surgery: find layers in a model, decide which can run sparse, swap modules.
 
 The one home of what :func:`sparseprop.sparsify`, :func:`sparseprop.densify`, the
-pruners (``pruning/_layers.py``), ``sparseprop.hf`` and ``sparseprop.models`` share:
+pruners (``pruning/_layers.py``), ``sparseprop.hf`` and the benchmarks' ``sparsify_convs``
+(``sparseprop.benchmarks.resnet_models``) share:
 
 * :func:`module_occurrences`: every module with *all* the names it is reachable under
   (a module registered twice is swapped at both places);

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pruning import GradualMagnitudePruner
+from .._tables import Table
+
+from ..pruning import GradualMagnitudePruner
 
 
 @dataclass
@@ -88,6 +90,8 @@ def gmp_vs_dense(base: nn.Module, steps: int, batch: int, final_sparsity: float 
 
 GMP_COLUMNS = ("steps", "batch", "final sparsity", "reached", "dense run s", "GMP run s",
                "end-to-end x", "dense loss", "GMP loss")
+GMP_TABLE = Table(GMP_COLUMNS, "l" + "r" * (len(GMP_COLUMNS) - 1),
+                  [max(len(c), 7) for c in GMP_COLUMNS])
 
 
 def gmp_cells(r: GMPRun):

@@ -2,7 +2,7 @@
 
 Peak RSS is a per-process high-water mark, so the sparse and dense models cannot be
 told apart inside one process: :func:`peak_rss_mib` starts ``python -m
-sparseprop._resnet_rss`` once per model; the child builds the model the ResNet bench
+sparseprop.benchmarks.resnet_rss`` once per model; the child builds the model the ResNet bench
 builds (same seed, sparsity, batch, ISA, threads), runs a few SGD steps and prints
 ``ru_maxrss``. Both children pay the same baseline (interpreter, torch, the dense
 stem and BN), so the difference is the models' own weights, activations and
@@ -26,8 +26,8 @@ def peak_rss_mib(kind: str, sparsity: float, batch: int, steps: int, threads: in
     ``kind`` ('sparse' or 'dense') ResNet-18 at ``sparsity`` and ``batch``."""
     if kind not in ("sparse", "dense"):
         raise ValueError(f"kind must be 'sparse' or 'dense', got {kind!r}")
-    cmd = [sys.executable, "-m", "sparseprop._resnet_rss", kind, str(sparsity), str(batch),
-           str(steps), str(threads), isa or "", str(seed)]
+    cmd = [sys.executable, "-m", "sparseprop.benchmarks.resnet_rss", kind, str(sparsity),
+           str(batch), str(steps), str(threads), isa or "", str(seed)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"peak-RSS child failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
@@ -37,7 +37,7 @@ def peak_rss_mib(kind: str, sparsity: float, batch: int, steps: int, threads: in
 def _child(kind: str, sparsity: float, batch: int, steps: int, threads: int, isa: str,
            seed: int) -> float:
     import sparseprop
-    from .models import densify, resnet18_cifar, sparsify_convs
+    from .resnet_models import resnet18_cifar, sparsify_convs
 
     torch.set_num_threads(threads)
     sparseprop.set_num_threads(threads)
@@ -48,7 +48,7 @@ def _child(kind: str, sparsity: float, batch: int, steps: int, threads: int, isa
     # As in bench_resnet18_step: the dense model is the densified sparse one.
     model = sparsify_convs(base, sparsity, skip=("conv1",))
     if kind == "dense":
-        model = densify(model)  # in place: the sparse layers are dropped
+        model = sparseprop.densify(model)  # in place: the sparse layers are dropped
     model.train()
     gen = torch.Generator().manual_seed(seed + 7919 * batch)
     x = torch.randn(batch, 3, 32, 32, generator=gen)
@@ -62,7 +62,7 @@ def _child(kind: str, sparsity: float, batch: int, steps: int, threads: int, isa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sparseprop._resnet_rss")
+    p = argparse.ArgumentParser(prog="python -m sparseprop.benchmarks.resnet_rss")
     p.add_argument("kind", choices=("sparse", "dense"))
     p.add_argument("sparsity", type=float)
     p.add_argument("batch", type=int)
