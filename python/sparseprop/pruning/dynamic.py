@@ -8,12 +8,13 @@ from torch import nn
 from .._validation import renamed_keyword
 from .allocation import as_allocation, check_target
 from .base import Pruner
-from .regrowth import drop_and_grow, require_grads  # noqa: F401  (drop_and_grow: also this module's)
+from .regrowth import drop_and_grow
 from .schedules import (ACDCSchedule, CosineUpdateSchedule, GradualSchedule, RegrowingSchedule,
                         Schedule, check_schedule_keywords)
 from .scores import MagnitudeScore, RandomScore, as_score
 
-__all__ = ["ACDCPruner", "RigLPruner", "GraNetPruner"]
+# drop_and_grow lives in .regrowth (the base driver runs it); importable from here as before.
+__all__ = ["ACDCPruner", "RigLPruner", "GraNetPruner", "drop_and_grow"]
 
 
 class ACDCPruner(Pruner):
@@ -143,9 +144,9 @@ class GraNetPruner(Pruner):
                  final_sparsity: Optional[float] = None, score="magnitude",
                  schedule: Optional[Schedule] = None, **kwargs) -> None:
         name = type(self).__name__
+        if sparsity is None and final_sparsity is None:  # the schedule's own target, if any
+            sparsity = getattr(schedule, "final_sparsity", None)
         final_sparsity = renamed_keyword(name, "sparsity", sparsity, "final_sparsity", final_sparsity)
-        if final_sparsity is None and schedule is not None:
-            final_sparsity = getattr(schedule, "final_sparsity", None)
         final_sparsity = check_target(final_sparsity)
         if kwargs.get("unit", "step") != "step":
             raise ValueError("GraNet regrows from one step's gradient: unit must be 'step'")

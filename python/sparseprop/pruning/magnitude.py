@@ -84,9 +84,9 @@ class GradualMagnitudePruner(MagnitudePruner):
                  final_sparsity: Optional[float] = None, allocation=None,
                  schedule: Optional[Schedule] = None, **kwargs) -> None:
         name = type(self).__name__
+        if sparsity is None and final_sparsity is None:  # the schedule's own target, if any
+            sparsity = getattr(schedule, "final_sparsity", None)
         final_sparsity = renamed_keyword(name, "sparsity", sparsity, "final_sparsity", final_sparsity)
-        if final_sparsity is None and schedule is not None:
-            final_sparsity = getattr(schedule, "final_sparsity", None)
         final_sparsity = check_target(final_sparsity)
         if scope not in _SCOPES:
             raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
@@ -111,7 +111,7 @@ class GradualMagnitudePruner(MagnitudePruner):
     def _update(self, t, grads) -> bool:
         if super()._update(t, grads):
             return True
-        if t == self.schedule.end_step + 1 and not self.leave_enabled:
+        if not self.leave_enabled and t == self.schedule.end_step + 1:
             self.apply_masks({n: torch.ones(layer.shape, dtype=torch.bool)
                               for n, layer in self.layers.items()})
             return True
@@ -144,9 +144,9 @@ class IterativeMagnitudePruner(MagnitudePruner):
                  final_sparsity: Optional[float] = None, score="magnitude",
                  schedule: Optional[Schedule] = None, **kwargs) -> None:
         name = type(self).__name__
+        if sparsity is None and final_sparsity is None:  # the schedule's own target, if any
+            sparsity = getattr(schedule, "final_sparsity", None)
         final_sparsity = renamed_keyword(name, "sparsity", sparsity, "final_sparsity", final_sparsity)
-        if final_sparsity is None and schedule is not None:
-            final_sparsity = getattr(schedule, "final_sparsity", None)
         final_sparsity = check_target(final_sparsity)
         check_schedule_keywords(schedule, {"rounds": (rounds, None), "round_length": (round_length, None)}, name)
         if schedule is None:

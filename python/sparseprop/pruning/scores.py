@@ -202,6 +202,9 @@ class SNIPScore(Score):
     def __repr__(self):
         return f"SNIPScore(inputs={tuple(getattr(self.inputs, 'shape', ()))})"
 
+    __eq__ = object.__eq__  # holds data: equal only to itself
+    __hash__ = object.__hash__
+
 
 class SynFlowScore(Score):
     """SynFlow's |dR/dw * w| (:func:`synflow`): data-free, only ``example_input``'s
@@ -218,6 +221,11 @@ class SynFlowScore(Score):
 
     def __repr__(self):
         return f"SynFlowScore(sample_shape={tuple(self.example_input.shape[1:])})"
+
+    def __eq__(self, other):
+        return type(other) is SynFlowScore and other.example_input.shape == self.example_input.shape
+
+    __hash__ = None
 
 
 SCORES = {"magnitude": MagnitudeScore, "lamp": LAMPScore}
