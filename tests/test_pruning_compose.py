@@ -340,3 +340,14 @@ def test_iterative_with_another_schedule_rewinds_after_each_update():
             for name, mask in pruner.masks().items():
                 assert torch.equal(model.get_submodule(name).weight.detach(), start[name] * mask)
     assert abs(pruner.layer_sparsity()["0"] - 0.6) < 0.02
+
+
+def test_parts_compare_equal_to_their_old_names():
+    """``pruner.allocation`` / ``pruner.score`` were strings; the objects still read so."""
+    pruner = MagnitudePruner(mlp(), sparsity=0.5, allocation="global", min_keep=0.1,
+                             score="lamp", sparse_from=None)
+    assert pruner.allocation == "global" and pruner.allocation != "uniform"
+    assert pruner.allocation == GlobalAllocation(0.1) and pruner.allocation != GlobalAllocation()
+    assert pruner.score == "lamp" and pruner.score == LAMPScore() and pruner.score != "magnitude"
+    assert isinstance(pruner.schedule, OneShotSchedule) and pruner.min_keep == 0.1
+    assert RandomPruner(mlp(), sparsity=0.5, sparse_from=None).allocation == "erk"

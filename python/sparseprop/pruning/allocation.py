@@ -170,6 +170,8 @@ class Allocation:
         return f"{type(self).__name__}()"
 
     def __eq__(self, other) -> bool:
+        if isinstance(other, str):  # pruner.allocation == "global" still reads as it did
+            return other == self.name
         return type(self) is type(other) and vars(self) == vars(other)
 
     __hash__ = None

@@ -60,6 +60,7 @@ class SNIPPruner(Pruner):
         target = check_target(sparsity)
         allocation = as_allocation(allocation)
         default = SNIPScore(inputs, targets, loss_fn)
+        self.loss_fn = loss_fn
         self._compose(target, _part(score, default), allocation,
                       OneShotSchedule(0) if schedule is None else schedule)
         self._start()

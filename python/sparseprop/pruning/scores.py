@@ -118,6 +118,7 @@ class Score:
     """
 
     needs_gradients = False
+    name = ""  # a short name; the score compares equal to it (pruner.score == "lamp")
 
     def scores(self, pruner, masks: Masks, grads: Optional[Masks]) -> Dict[str, torch.Tensor]:
         """Scores of every layer of ``pruner`` (dense weight shape), with ``masks`` the
@@ -128,6 +129,8 @@ class Score:
         return f"{type(self).__name__}()"
 
     def __eq__(self, other) -> bool:
+        if isinstance(other, str):
+            return bool(self.name) and other == self.name
         return type(self) is type(other) and vars(self) == vars(other)
 
     __hash__ = None
@@ -147,6 +150,8 @@ class MagnitudeScore(_WeightScore):
     """|w| (:func:`magnitude`). With the uniform allocation a sparse layer is pruned
     inside its sparse form, without a dense score."""
 
+    name = "magnitude"
+
     def of(self, weight):
         return magnitude(weight)
 
@@ -154,6 +159,8 @@ class MagnitudeScore(_WeightScore):
 class LAMPScore(_WeightScore):
     """LAMP (:func:`lamp`): layer-adaptive magnitudes, comparable across layers (pair it
     with the global allocation)."""
+
+    name = "lamp"
 
     def of(self, weight):
         return lamp(weight)
@@ -164,6 +171,8 @@ class RandomScore(Score):
     needs a per-layer allocation (uniform, ER, ERK): a global threshold on random scores
     would size the layers by chance."""
 
+    name = "random"
+
     def scores(self, pruner, masks, grads):
         return {name: random_scores(layer.weight(), pruner.generator)
                 for name, layer in pruner.layers.items()}
@@ -172,6 +181,8 @@ class RandomScore(Score):
 class GradientScore(Score):
     """|dL/dw| of the step before the update (:func:`gradient_magnitude`), pruned
     positions included: RigL's regrowth score, here as a pruning score."""
+
+    name = "gradient"
 
     needs_gradients = True
 
@@ -185,6 +196,8 @@ class GradientScore(Score):
 
 class SNIPScore(Score):
     """SNIP's |g * w| on one batch (:func:`snip`), on a dense copy of the model."""
+
+    name = "snip"
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor,
                  loss_fn: Callable = nn.functional.cross_entropy) -> None:
@@ -202,13 +215,17 @@ class SNIPScore(Score):
     def __repr__(self):
         return f"SNIPScore(inputs={tuple(getattr(self.inputs, 'shape', ()))})"
 
-    __eq__ = object.__eq__  # holds data: equal only to itself
+    def __eq__(self, other):  # holds data: equal only to itself (or its name)
+        return other == self.name if isinstance(other, str) else other is self
+
     __hash__ = object.__hash__
 
 
 class SynFlowScore(Score):
     """SynFlow's |dR/dw * w| (:func:`synflow`): data-free, only ``example_input``'s
     shape is used."""
+
+    name = "synflow"
 
     def __init__(self, example_input: torch.Tensor) -> None:
         if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
@@ -223,6 +240,8 @@ class SynFlowScore(Score):
         return f"SynFlowScore(sample_shape={tuple(self.example_input.shape[1:])})"
 
     def __eq__(self, other):
+        if isinstance(other, str):
+            return other == self.name
         return type(other) is SynFlowScore and other.example_input.shape == self.example_input.shape
 
     __hash__ = None
