@@ -221,8 +221,9 @@ class Pruner:
         if restricted and self._skips_unchanged and self._unchanged(sparsity):
             self._log()  # every layer already keeps what the target keeps: no ranking
             return
-        if restricted and isinstance(self.score, MagnitudeScore) \
-                and isinstance(self.allocation, UniformAllocation):
+        # Exact types: a subclass may score or allocate otherwise.
+        if restricted and type(self.score) is MagnitudeScore \
+                and type(self.allocation) is UniformAllocation:
             # Sparse layers prune inside their form (never below sparse_from again: pruning
             # only raises sparsity); only dense layers need dense scores and masks.
             masks = {}
