@@ -14,7 +14,9 @@ many* each layer keeps for a global sparsity target:
   2020; Liu et al., "The Unreasonable Effectiveness of Random Pruning", ICLR 2022).
 
 Every function takes ``allowed`` masks (optional): weights outside them cannot be
-kept, so repeated pruning only removes weights.
+kept, so repeated pruning only removes weights. The :class:`Allocation` objects
+(:class:`UniformAllocation`, :class:`GlobalAllocation`, :class:`ERAllocation`,
+:class:`ERKAllocation`) are what a pruner's ``allocation=`` takes (a name works too).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from ..csr import check_sparsity, nnz_for, topk_mask  # noqa: F401  (topk_mask: 
 from ..topk_select import top_k_mask
 
 __all__ = ["ALLOCATIONS", "check_allocation", "check_target", "er_densities", "global_masks", "masks_from_counts",
-           "topk_mask", "uniform_counts", "allocate"]
+           "topk_mask", "uniform_counts", "allocate", "Allocation", "UniformAllocation",
+           "GlobalAllocation", "ERAllocation", "ERKAllocation", "as_allocation"]
 
 ALLOCATIONS = ("uniform", "global", "er", "erk")
 Scores = Mapping[str, torch.Tensor]
@@ -145,3 +148,81 @@ def allocate(scores: Scores, sparsity: float, allocation: str = "uniform",
     densities = er_densities(kernels, sparsity, allocation)
     counts = {n: int(round(densities[n] * s.numel())) for n, s in scores.items()}
     return masks_from_counts(scores, counts, allowed)
+
+
+# --- Allocation objects: what a pruner's allocation= takes --------------------------------
+class Allocation:
+    """How a target sparsity is split across the layers. ``name`` is the rule's name in
+    :func:`allocate`; ``per_layer`` is True when every layer's count is fixed before the
+    scores are compared (uniform, ER, ERK), False for one threshold over all layers."""
+
+    name = ""
+    per_layer = True
+    min_keep = 0.0
+
+    def masks(self, scores: Scores, sparsity: float, allowed: Optional[Scores] = None,
+              kernels: Optional[Mapping[str, Tuple[int, int, int, int]]] = None
+              ) -> Dict[str, torch.Tensor]:
+        """Masks keeping the top scores at ``sparsity`` overall (only ``allowed`` weights)."""
+        return allocate(scores, sparsity, self.name, allowed, self.min_keep, kernels)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, str):  # pruner.allocation == "global" still reads as it did
+            return other == self.name
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    __hash__ = None
+
+
+class UniformAllocation(Allocation):
+    """Every layer at the target sparsity."""
+    name = "uniform"
+
+
+class GlobalAllocation(Allocation):
+    """One threshold over all layers' scores; with ``min_keep=m`` each layer first keeps
+    its own top ``ceil(m * n)`` (prevents layer collapse, see the module doc)."""
+    name, per_layer = "global", False
+
+    def __init__(self, min_keep: float = 0.0) -> None:
+        value = float(min_keep)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"min_keep must be in [0, 1], got {min_keep!r}")
+        self.min_keep = value
+
+    def __repr__(self):
+        return f"GlobalAllocation(min_keep={self.min_keep})" if self.min_keep else "GlobalAllocation()"
+
+
+class ERAllocation(Allocation):
+    """Erdos-Renyi densities from the layers' shapes (:func:`er_densities`)."""
+    name = "er"
+
+
+class ERKAllocation(Allocation):
+    """Erdos-Renyi-Kernel densities from the layers' shapes (:func:`er_densities`)."""
+    name = "erk"
+
+
+_BY_NAME = {"uniform": UniformAllocation, "global": GlobalAllocation, "er": ERAllocation,
+            "erk": ERKAllocation}
+
+
+def as_allocation(allocation, min_keep: float = 0.0) -> Allocation:
+    """An :class:`Allocation` from ``allocation=``: an Allocation, or a name of
+    :data:`ALLOCATIONS` (``min_keep`` goes with ``"global"``)."""
+    if isinstance(allocation, Allocation):
+        if min_keep:
+            raise ValueError("min_keep goes with a named allocation; give an Allocation object "
+                             "its own (GlobalAllocation(min_keep=...))")
+        return allocation
+    if not isinstance(allocation, str):
+        raise TypeError(f"allocation must be an Allocation (GlobalAllocation(), ...) or one of "
+                        f"{ALLOCATIONS}, got {type(allocation).__name__}")
+    check_allocation(allocation)
+    if min_keep and allocation != "global":
+        raise ValueError("min_keep applies to the 'global' allocation only")
+    return GlobalAllocation(min_keep) if allocation == "global" else _BY_NAME[allocation]()

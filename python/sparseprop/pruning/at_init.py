@@ -1,19 +1,26 @@
 """Pruning at initialization: random (ER / ERK densities), SNIP and SynFlow.
 
-Each prunes once, when it is created, and then keeps the masks for the whole run."""
+Each prunes once, when it is created, and then keeps the masks for the whole run (their
+preset schedule is ``OneShotSchedule(0)``; ``schedule=`` may prune later or gradually)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from .._validation import check_count as _check_count
-from .allocation import allocate, check_allocation, check_target
+from .allocation import GlobalAllocation, as_allocation, check_target
 from .base import Pruner
-from .scores import random_scores, snip, synflow
+from .schedules import OneShotSchedule, Schedule
+from .scores import RandomScore, SNIPScore, SynFlowScore, as_score
 
 __all__ = ["RandomPruner", "SNIPPruner", "SynFlowPruner"]
+
+
+def _part(value, default):
+    """``value`` as a score, or ``default`` when not given."""
+    return default if value is None else as_score(value)
 
 
 class RandomPruner(Pruner):
@@ -25,49 +32,40 @@ class RandomPruner(Pruner):
     ``(n_in + n_out + k_h + k_w) / (n_in * n_out * k_h * k_w)``), ``"er"``
     (``(n_in + n_out) / (n_in * n_out)``) or ``"uniform"``, scaled to ``sparsity`` overall
     with layers that would exceed density 1 kept dense (see :func:`er_densities`).
+    The preset is ``RandomScore()``, the allocation and ``OneShotSchedule(0)``.
     """
 
     def __init__(self, model: nn.Module, optimizer=None, *, sparsity: float,
-                 allocation: str = "erk", **kwargs) -> None:
+                 allocation="erk", score=None, schedule: Optional[Schedule] = None,
+                 **kwargs) -> None:
         super().__init__(model, optimizer, **kwargs)
-        self.target = check_target(sparsity)
-        if check_allocation(allocation) == "global":
-            raise ValueError("random scores need a per-layer allocation: 'erk', 'er' or 'uniform'")
-        self.allocation = allocation
+        target = check_target(sparsity)
+        self._compose(target, _part(score, RandomScore()), as_allocation(allocation),
+                      OneShotSchedule(0) if schedule is None else schedule)
         self._start()
-
-    def _update(self, t, grads) -> bool:
-        if t != 0:
-            return False
-        scores = {n: random_scores(w, self.generator) for n, w in self.weights().items()}
-        self.apply_masks(allocate(scores, self.target, self.allocation, self.masks(),
-                                  kernels=self.kernels()))
-        return True
 
 
 class SNIPPruner(Pruner):
     """SNIP (Lee et al., "SNIP: Single-shot Network Pruning based on Connection
     Sensitivity", ICLR 2019): keep the weights with the largest ``|g * w|`` on one batch
-    ``(inputs, targets)``, one global threshold (``allocation="global"``) by default."""
+    ``(inputs, targets)``, one global threshold (``allocation="global"``) by default.
+    The preset is ``SNIPScore(inputs, targets, loss_fn)``, the allocation and
+    ``OneShotSchedule(0)`` (after which the batch is dropped)."""
 
     def __init__(self, model: nn.Module, optimizer=None, *, sparsity: float, inputs: torch.Tensor,
                  targets: torch.Tensor, loss_fn: Callable = nn.functional.cross_entropy,
-                 allocation: str = "global", **kwargs) -> None:
+                 allocation="global", score=None, schedule: Optional[Schedule] = None,
+                 **kwargs) -> None:
         super().__init__(model, optimizer, **kwargs)
-        self.target = check_target(sparsity)
-        self.allocation = check_allocation(allocation)
-        self._batch, self.loss_fn = (inputs, targets), loss_fn
+        target = check_target(sparsity)
+        allocation = as_allocation(allocation)
+        default = SNIPScore(inputs, targets, loss_fn)
+        self.loss_fn = loss_fn
+        self._compose(target, _part(score, default), allocation,
+                      OneShotSchedule(0) if schedule is None else schedule)
         self._start()
-        self._batch = None  # do not hold on to the data
-
-    def _update(self, t, grads) -> bool:
-        if t != 0:
-            return False
-        masks = self.masks()
-        scores = snip(self.model, masks, *self._batch, loss_fn=self.loss_fn)
-        self.apply_masks(allocate(scores, self.target, self.allocation, masks,
-                                  kernels=self.kernels()))
-        return True
+        if schedule is None:
+            default.release()  # do not hold on to the data: no update after tick 0
 
 
 class SynFlowPruner(Pruner):
@@ -75,26 +73,31 @@ class SynFlowPruner(Pruner):
     conserving synaptic flow", NeurIPS 2020): data-free, in ``iterations`` rounds; round k
     rescores with the current masks and keeps the top ``(1 - sparsity) ** (k / iterations)``
     globally. Iterating is what avoids layer collapse. Only ``example_input``'s shape is used.
+    The preset is ``SynFlowScore(example_input)``, ``GlobalAllocation()`` and
+    ``OneShotSchedule(0)``; every pruning step of the schedule iterates.
     """
 
     def __init__(self, model: nn.Module, optimizer=None, *, sparsity: float,
-                 example_input: torch.Tensor, iterations: int = 100, **kwargs) -> None:
+                 example_input: torch.Tensor, iterations: int = 100, score=None,
+                 allocation=None, schedule: Optional[Schedule] = None, **kwargs) -> None:
         super().__init__(model, optimizer, **kwargs)
-        self.target = check_target(sparsity)
+        target = check_target(sparsity)
         _check_count("iterations", iterations, 1)
-        if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
-            raise TypeError("example_input must be a batched tensor shaped like the model's input")
-        self.iterations, self._example = iterations, example_input
+        default = SynFlowScore(example_input)  # TypeError for a bad example_input
+        self.iterations = iterations
+        self._compose(target, _part(score, default),
+                      GlobalAllocation() if allocation is None else as_allocation(allocation),
+                      OneShotSchedule(0) if schedule is None else schedule)
         self._start()
-        self._example = None
 
-    def _update(self, t, grads) -> bool:
-        if t != 0:
-            return False
+    def _select(self, sparsity, grads):
+        """``iterations`` rounds of rescoring under the current masks, the kept fraction
+        shrinking geometrically to ``1 - sparsity``."""
         masks = self.masks()
-        density = 1.0 - self.target
+        allowed = None if self.schedule.from_all_weights else masks
+        density, kernels = 1.0 - sparsity, self.kernels()
         for k in range(1, self.iterations + 1):
-            scores = synflow(self.model, masks, self._example)
-            masks = allocate(scores, 1.0 - density ** (k / self.iterations), "global", masks)
-        self.apply_masks(masks)
-        return True
+            scores = self.score.scores(self, masks, grads)
+            masks = self.allocation.masks(scores, 1.0 - density ** (k / self.iterations),
+                                          allowed if k == 1 else masks, kernels)
+        return masks

@@ -1,18 +1,20 @@
 """Pruners whose masks keep changing during training: AC/DC, RigL and GraNet."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
-import torch
 from torch import nn
 
 from .._validation import renamed_keyword
-from .allocation import allocate, check_allocation, check_target, topk_mask
+from .allocation import as_allocation, check_target
 from .base import Pruner
-from .schedules import ACDCSchedule, CosineUpdateSchedule, GradualSchedule
-from .scores import gradient_magnitude, magnitude, random_scores
+from .regrowth import drop_and_grow
+from .schedules import (ACDCSchedule, CosineUpdateSchedule, GradualSchedule, RegrowingSchedule,
+                        Schedule, check_schedule_keywords)
+from .scores import MagnitudeScore, RandomScore, as_score
 
-__all__ = ["ACDCPruner", "RigLPruner", "GraNetPruner"]
+# drop_and_grow lives in .regrowth (the base driver runs it); importable from here as before.
+__all__ = ["ACDCPruner", "RigLPruner", "GraNetPruner", "drop_and_grow"]
 
 
 class ACDCPruner(Pruner):
@@ -26,49 +28,34 @@ class ACDCPruner(Pruner):
     "uniform" or "global") and the mask is fixed for the phase: the layers run on the
     sparse kernels (if at least ``sparse_from`` sparse). A decompressed phase turns them
     back into dense layers; the weights pruned in the last phase restart from zero.
+
+    The preset is ``MagnitudeScore()``, the allocation and an
+    :class:`~.schedules.ACDCSchedule`; ``score=`` (e.g. ``LAMPScore()``) and ``schedule=``
+    (instead of ``total``, ``warmup``, ``sparse_length``, ``dense_length``,
+    ``final_sparse_length``) replace them.
     """
 
-    def __init__(self, model: nn.Module, optimizer=None, *, sparsity: float, total: int,
-                 warmup: int, sparse_length: int, dense_length: int,
-                 final_sparse_length: Optional[int] = None, allocation: str = "uniform",
-                 **kwargs) -> None:
+    def __init__(self, model: nn.Module, optimizer=None, *, sparsity: float,
+                 total: Optional[int] = None, warmup: Optional[int] = None,
+                 sparse_length: Optional[int] = None, dense_length: Optional[int] = None,
+                 final_sparse_length: Optional[int] = None, allocation="uniform",
+                 score="magnitude", schedule: Optional[Schedule] = None, **kwargs) -> None:
         super().__init__(model, optimizer, **kwargs)
-        self.target = check_target(sparsity)
-        self.allocation = check_allocation(allocation)
-        final = sparse_length if final_sparse_length is None else final_sparse_length
-        self.schedule = ACDCSchedule(total, warmup, sparse_length, dense_length, final)
+        target = check_target(sparsity)
+        allocation = as_allocation(allocation)
+        given = dict(total=total, warmup=warmup, sparse_length=sparse_length,
+                     dense_length=dense_length, final_sparse_length=final_sparse_length)
+        check_schedule_keywords(schedule, {n: (v, None) for n, v in given.items()},
+                                type(self).__name__)
+        if schedule is None:
+            missing = [n for n, v in given.items() if v is None and n != "final_sparse_length"]
+            if missing:
+                raise TypeError(f"ACDCPruner needs {', '.join(n + '=' for n in missing)} "
+                                f"(or a schedule=)")
+            final = sparse_length if final_sparse_length is None else final_sparse_length
+            schedule = ACDCSchedule(total, warmup, sparse_length, dense_length, final)
+        self._compose(target, as_score(score), allocation, schedule)
         self._start()
-
-    def _update(self, t, grads) -> bool:
-        schedule = self.schedule
-        if schedule.starts_sparse_phase(t):
-            scores = {n: magnitude(w) for n, w in self.weights().items()}
-            self.apply_masks(allocate(scores, self.target, self.allocation, kernels=self.kernels()))
-            return True
-        if t > 0 and not schedule.is_sparse(t) and schedule.is_sparse(t - 1):
-            self.apply_masks({n: torch.ones(layer.shape, dtype=torch.bool)
-                              for n, layer in self.layers.items()})
-            return True
-        return False
-
-
-def drop_and_grow(weight: torch.Tensor, mask: torch.Tensor, grad: torch.Tensor, count: int) -> torch.Tensor:
-    """RigL's update of one layer: drop the ``count`` smallest-magnitude kept weights, then
-    grow the ``count`` positions outside the remaining mask with the largest |gradient|."""
-    nnz = int(torch.count_nonzero(mask))
-    count = min(count, nnz, mask.numel() - nnz)
-    if count <= 0:
-        return mask
-    kept = topk_mask(magnitude(weight), nnz - count, allowed=mask)
-    grown = topk_mask(gradient_magnitude(grad), count, allowed=~kept)
-    return kept | grown
-
-
-def _require_grads(grads: Optional[Dict[str, torch.Tensor]], name: str) -> Dict[str, torch.Tensor]:
-    if grads is None or any(g is None for g in grads.values()):
-        raise RuntimeError(f"{name} needs the dense gradient of the step before an update: call "
-                           f"pruner.step() after optimizer.step(), once per step that ran backward")
-    return grads
 
 
 class RigLPruner(Pruner):
@@ -82,42 +69,45 @@ class RigLPruner(Pruner):
     reference implementation); the sparsity never changes. Only the steps before an update compute a dense
     gradient (sparse layers form it from their input and output gradient); every other
     step stays sparse. Needs ``unit="step"``.
+
+    The preset is ``RandomScore()`` (the initial masks), the allocation and a
+    :class:`~.schedules.CosineUpdateSchedule`; ``score=`` (e.g. ``MagnitudeScore()``: start
+    from the largest weights) and ``schedule=`` (instead of ``end_step``, ``frequency``,
+    ``alpha``) replace them.
     """
 
     needs_gradients = True
 
-    def __init__(self, model: nn.Module, optimizer=None, *, sparsity: float, end_step: int,
-                 frequency: int = 100, alpha: float = 0.3, allocation: str = "erk", **kwargs) -> None:
+    def __init__(self, model: nn.Module, optimizer=None, *, sparsity: float,
+                 end_step: Optional[int] = None, frequency: int = 100, alpha: float = 0.3,
+                 allocation="erk", score=None,
+                 schedule: Optional[Schedule] = None, **kwargs) -> None:
         if kwargs.get("unit", "step") != "step":
             raise ValueError("RigL updates from one step's gradient: unit must be 'step'")
         super().__init__(model, optimizer, **kwargs)
-        self.target = check_target(sparsity)
-        self.allocation = check_allocation(allocation)
-        self.schedule = CosineUpdateSchedule(alpha, frequency, end_step)
+        target = check_target(sparsity)
+        allocation = as_allocation(allocation)
+        check_schedule_keywords(schedule, {"end_step": (end_step, None), "frequency": (frequency, 100),
+                                           "alpha": (alpha, 0.3)}, type(self).__name__)
+        if schedule is None:
+            if end_step is None:
+                raise TypeError("RigLPruner needs end_step= (or a schedule=)")
+            schedule = CosineUpdateSchedule(alpha, frequency, end_step)
+        self._compose(target, RandomScore() if score is None else as_score(score), allocation,
+                      schedule)
         self.updates = 0
         self._start()
 
-    def _wants_gradients(self, t: int) -> bool:
-        return self.schedule.is_update(t)
+    @property
+    def _label(self):
+        return "RigL"
 
     def _update(self, t, grads) -> bool:
-        if t == 0:
-            scores = {n: random_scores(w, self.generator) for n, w in self.weights().items()}
-            self.apply_masks(allocate(scores, self.target, self.allocation, self.masks(),
-                                      kernels=self.kernels()))
-            return True
-        if not self.schedule.is_update(t):
-            return False
-        grads = _require_grads(grads, "RigL")
-        fraction = self.schedule.fraction(t)
-        masks = {}
-        for name, layer in self.layers.items():
-            mask = layer.mask()
-            count = int(fraction * int(torch.count_nonzero(mask)))
-            masks[name] = drop_and_grow(layer.weight(), mask, grads[name], count)
-        self.apply_masks(masks)
-        self.updates += 1
-        return True
+        regrows = self.schedule.regrow_fraction(t) > 0
+        changed = super()._update(t, grads)
+        if changed and regrows:
+            self.updates += 1
+        return changed
 
     def _extra_state(self):
         return {"updates": self.updates}
@@ -137,41 +127,56 @@ class GraNetPruner(Pruner):
     remaining weights by magnitude and regrows as many by dense gradient (at zero), as in
     RigL. Needs ``unit="step"``. ``final_sparsity=`` is ``sparsity``'s deprecated old name
     (DeprecationWarning).
+
+    The preset is ``MagnitudeScore()``, the allocation and a
+    :class:`~.schedules.RegrowingSchedule` of a :class:`~.schedules.GradualSchedule` and a
+    :class:`~.schedules.CosineUpdateSchedule`; ``score=`` and ``schedule=`` (instead of
+    ``end_step``, ``initial_sparsity``, ``start_step``, ``frequency``, ``alpha``) replace
+    them.
     """
 
     needs_gradients = True
 
     def __init__(self, model: nn.Module, optimizer=None, *, sparsity: Optional[float] = None,
-                 end_step: int, initial_sparsity: float = 0.0, start_step: int = 0,
-                 frequency: int = 100, alpha: float = 0.3, allocation: str = "global",
-                 final_sparsity: Optional[float] = None, **kwargs) -> None:
-        final_sparsity = check_target(renamed_keyword(type(self).__name__, "sparsity", sparsity,
-                                                      "final_sparsity", final_sparsity))
+                 end_step: Optional[int] = None, initial_sparsity: float = 0.0,
+                 start_step: int = 0, frequency: int = 100, alpha: float = 0.3,
+                 allocation="global",
+                 final_sparsity: Optional[float] = None, score="magnitude",
+                 schedule: Optional[Schedule] = None, **kwargs) -> None:
+        name = type(self).__name__
+        if sparsity is None and final_sparsity is None:  # the schedule's own target, if any
+            sparsity = getattr(schedule, "final_sparsity", None)
+        final_sparsity = renamed_keyword(name, "sparsity", sparsity, "final_sparsity", final_sparsity)
+        final_sparsity = check_target(final_sparsity)
         if kwargs.get("unit", "step") != "step":
             raise ValueError("GraNet regrows from one step's gradient: unit must be 'step'")
         super().__init__(model, optimizer, **kwargs)
-        self.prune_schedule = GradualSchedule(initial_sparsity, final_sparsity, start_step,
-                                              end_step, frequency)
-        self.regrow_schedule = CosineUpdateSchedule(alpha, frequency, end_step)
-        if check_allocation(allocation) not in ("global", "uniform"):
+        check_schedule_keywords(schedule, {"end_step": (end_step, None),
+                                           "initial_sparsity": (initial_sparsity, 0.0),
+                                           "start_step": (start_step, 0), "frequency": (frequency, 100),
+                                           "alpha": (alpha, 0.3)}, name)
+        if schedule is None:
+            if end_step is None:
+                raise TypeError(f"{name} needs end_step= (or a schedule=)")
+            schedule = RegrowingSchedule(
+                GradualSchedule(initial_sparsity, final_sparsity, start_step, end_step, frequency),
+                CosineUpdateSchedule(alpha, frequency, end_step))
+        allocation = as_allocation(allocation)
+        score = as_score(score)
+        if isinstance(score, MagnitudeScore) and allocation.name not in ("global", "uniform"):
             raise ValueError("GraNet prunes by magnitude: allocation must be 'global' or 'uniform'")
-        self.allocation = allocation
+        self._compose(final_sparsity, score, allocation, schedule)
         self._start()
 
-    def _wants_gradients(self, t: int) -> bool:
-        return self.prune_schedule.is_update(t) and t < self.prune_schedule.end_step
+    @property
+    def _label(self):
+        return "GraNet"
 
-    def _update(self, t, grads) -> bool:
-        if not self.prune_schedule.is_update(t):
-            return False
-        scores = {n: magnitude(w) for n, w in self.weights().items()}
-        masks = allocate(scores, self.prune_schedule.sparsity(t), self.allocation, self.masks())
-        if self._wants_gradients(t) and t > 0:
-            grads = _require_grads(grads, "GraNet")
-            fraction = self.regrow_schedule.fraction(t)
-            weights = self.weights()
-            for name in masks:
-                count = int(fraction * int(torch.count_nonzero(masks[name])))
-                masks[name] = drop_and_grow(weights[name], masks[name], grads[name], count)
-        self.apply_masks(masks)
-        return True
+    @property
+    def prune_schedule(self) -> Schedule:
+        """The pruning part of the schedule (the whole schedule if it does not regrow)."""
+        return getattr(self.schedule, "prune", self.schedule)
+
+    @property
+    def regrow_schedule(self) -> Optional[CosineUpdateSchedule]:
+        return getattr(self.schedule, "regrow", None)

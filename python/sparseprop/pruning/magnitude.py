@@ -7,29 +7,22 @@ import torch
 from torch import nn
 
 from .._validation import check_count as _check_count, renamed_keyword
-from ..csr import nnz_for, topk_mask
-from .allocation import allocate, check_allocation, check_target
+from .allocation import as_allocation, check_target
 from .base import Pruner
-from .schedules import GradualSchedule, IterativeSchedule
-from .scores import lamp, magnitude
+from .schedules import (GradualSchedule, IterativeSchedule, OneShotSchedule, Schedule,
+                        check_schedule_keywords)
+from .scores import as_score
 
 __all__ = ["MagnitudePruner", "GradualMagnitudePruner", "IterativeMagnitudePruner"]
 
-_SCORES = {"magnitude": magnitude, "lamp": lamp}
 _SCOPES = ("layerwise", "global")
 
 
-def _score_fn(score: str):
-    if score not in _SCORES:
-        raise ValueError(f"score must be one of {tuple(_SCORES)}, got {score!r}")
-    return _SCORES[score]
-
-
-def _check_min_keep(min_keep: float, allocation: str) -> float:
+def _check_min_keep(min_keep: float, allocation) -> float:
     value = float(min_keep)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"min_keep must be in [0, 1], got {min_keep!r}")
-    if value and allocation != "global":
+    if value and isinstance(allocation, str) and allocation != "global":
         raise ValueError("min_keep applies to the 'global' allocation only")
     return value
 
@@ -40,65 +33,28 @@ class MagnitudePruner(Pruner):
     ``allocation``: ``"uniform"`` (every layer at ``sparsity``), ``"global"`` (one
     threshold over all layers; with ``min_keep=m`` each layer first keeps its top
     ``ceil(m * n)`` weights, which prevents layer collapse: Gupta et al. 2024), ``"er"`` or
-    ``"erk"`` (per-layer densities from the shapes). ``score="lamp"`` with the global
-    allocation is LAMP (Lee et al., ICLR 2021). Only weights kept so far can be kept.
+    ``"erk"`` (per-layer densities from the shapes), or an
+    :class:`~.allocation.Allocation`. ``score="lamp"`` with the global allocation is LAMP
+    (Lee et al., ICLR 2021); ``score=`` also takes a :class:`~.scores.Score`. Only weights
+    kept so far can be kept. The preset is ``MagnitudeScore()``, ``UniformAllocation()``,
+    ``OneShotSchedule(at)``; ``schedule=`` replaces the last (then leave ``at`` unset).
     """
 
+    _skips_unchanged = True
+
     def __init__(self, model: nn.Module, optimizer=None, *, sparsity: float,
-                 allocation: str = "uniform", min_keep: float = 0.0, score: str = "magnitude",
-                 at: int = 0, **kwargs) -> None:
+                 allocation="uniform", min_keep: float = 0.0, score="magnitude",
+                 at: int = 0, schedule: Optional[Schedule] = None, **kwargs) -> None:
         super().__init__(model, optimizer, **kwargs)
-        self.target = check_target(sparsity)
-        self.allocation, self.score = allocation, score
-        self.score_fn = _score_fn(score)
-        self.min_keep = _check_min_keep(min_keep, allocation)
+        target = check_target(sparsity)
+        score = as_score(score)
+        min_keep = _check_min_keep(min_keep, allocation)
         self.at = _check_count("at", at)
-        check_allocation(allocation)
+        allocation = as_allocation(allocation, min_keep)
+        check_schedule_keywords(schedule, {"at": (at, 0)}, type(self).__name__)
+        self._compose(target, score, allocation, OneShotSchedule(at) if schedule is None else schedule)
+        self.min_keep = self.allocation.min_keep
         self._start()
-
-    def _update(self, t, grads) -> bool:
-        if t != self.at:
-            return False
-        self.prune_to(self.target)
-        return True
-
-    def prune_to(self, sparsity: float) -> None:
-        """Keep the top-scoring weights (among those kept so far) at ``sparsity``."""
-        if self._unchanged(sparsity):
-            self._log()  # every layer already keeps what the target keeps: no ranking
-            return
-        layers = self.layers
-        if self.allocation == "uniform" and self.score == "magnitude":
-            # Sparse layers prune inside their form (never below sparse_from again: pruning
-            # only raises sparsity); only dense layers need dense scores and masks.
-            masks = {}
-            for name, layer in layers.items():
-                k = nnz_for(sparsity, layer.numel)
-                if not layer.is_dense:
-                    layer.keep_top_values(k, self.optimizer)
-                else:  # |w| is a fresh tensor: rank inside it (pruned weights are excluded)
-                    score = layer.module.weight.detach().abs()
-                    masks[name] = topk_mask(score, k, layer.dense_mask, overwrite=True)
-            self.apply_masks(masks)
-            return
-        weights = {n: layer.weight() for n, layer in layers.items()}
-        scores = {n: self.score_fn(w) for n, w in weights.items()}
-        allowed = {n: layer.mask() for n, layer in layers.items()}
-        kernels = {n: layer.kernel for n, layer in layers.items()}
-        masks = allocate(scores, sparsity, self.allocation, allowed, self.min_keep, kernels) \
-            if layers else {}
-        self.apply_masks(masks)
-
-    def _unchanged(self, sparsity: float) -> bool:
-        """True when pruning to ``sparsity`` keeps every weight kept now (only weights kept
-        so far can be kept, so equal counts mean equal masks): tick 0 at sparsity 0, or a
-        schedule step that does not move the target."""
-        if self.allocation not in ("uniform", "global") or self.min_keep:
-            return False
-        counts = self._counts()
-        if self.allocation == "uniform":
-            return all(kept == nnz_for(sparsity, total) for kept, total in counts.values())
-        return sum(k for k, _ in counts.values()) == nnz_for(sparsity, sum(t for _, t in counts.values()))
 
 
 class GradualMagnitudePruner(MagnitudePruner):
@@ -113,29 +69,49 @@ class GradualMagnitudePruner(MagnitudePruner):
     ``end_step`` (pruned weights may grow back from zero). ``sparsity`` is the target
     ``s_f``, ``initial_sparsity`` is ``s_i``; ``final_sparsity=`` is ``sparsity``'s
     deprecated old name (DeprecationWarning).
+
+    The preset is ``MagnitudeScore()`` (``score="lamp"``: ``LAMPScore()``), the scope's
+    allocation and a :class:`~.schedules.GradualSchedule`; ``score=``, ``allocation=``
+    (instead of ``scope``) and ``schedule=`` (instead of ``end_step``,
+    ``initial_sparsity``, ``start_step``, ``frequency``) replace them, e.g.
+    ``schedule=ACDCSchedule(...)`` prunes to ``sparsity`` in AC/DC's compressed phases.
     """
 
     def __init__(self, model: nn.Module, optimizer=None, *, sparsity: Optional[float] = None,
-                 end_step: int, initial_sparsity: float = 0.0, start_step: int = 0,
+                 end_step: Optional[int] = None, initial_sparsity: float = 0.0, start_step: int = 0,
                  frequency: int = 1, scope: str = "layerwise", min_keep: float = 0.0,
-                 score: str = "magnitude", leave_enabled: bool = True,
-                 final_sparsity: Optional[float] = None, **kwargs) -> None:
-        final_sparsity = check_target(renamed_keyword(type(self).__name__, "sparsity", sparsity,
-                                                      "final_sparsity", final_sparsity))
+                 score="magnitude", leave_enabled: bool = True,
+                 final_sparsity: Optional[float] = None, allocation=None,
+                 schedule: Optional[Schedule] = None, **kwargs) -> None:
+        name = type(self).__name__
+        if sparsity is None and final_sparsity is None:  # the schedule's own target, if any
+            sparsity = getattr(schedule, "final_sparsity", None)
+        final_sparsity = renamed_keyword(name, "sparsity", sparsity, "final_sparsity", final_sparsity)
+        final_sparsity = check_target(final_sparsity)
         if scope not in _SCOPES:
             raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
-        self.schedule = GradualSchedule(initial_sparsity, final_sparsity, start_step, end_step,
-                                        frequency)
+        check_schedule_keywords(schedule, {"end_step": (end_step, None), "initial_sparsity": (initial_sparsity, 0.0),
+                                 "start_step": (start_step, 0), "frequency": (frequency, 1)}, name)
+        if allocation is not None and scope != "layerwise":
+            raise ValueError(f"{name}: give scope= or allocation=, not both")
+        if schedule is None:
+            if end_step is None:
+                raise TypeError(f"{name} needs end_step= (or a schedule=)")
+            schedule = GradualSchedule(initial_sparsity, final_sparsity, start_step, end_step,
+                                       frequency)
         self.leave_enabled = bool(leave_enabled)
-        allocation = "uniform" if scope == "layerwise" else "global"
+        if not self.leave_enabled and not isinstance(getattr(schedule, "end_step", None), int):
+            raise ValueError(f"{name}: leave_enabled=False lifts the masks after the schedule's "
+                             f"end_step, and {type(schedule).__name__} has none")
+        if allocation is None:
+            allocation = "uniform" if scope == "layerwise" else "global"
         super().__init__(model, optimizer, sparsity=final_sparsity, allocation=allocation,
-                         min_keep=min_keep, score=score, **kwargs)
+                         min_keep=min_keep, score=score, schedule=schedule, **kwargs)
 
     def _update(self, t, grads) -> bool:
-        if self.schedule.is_update(t):
-            self.prune_to(self.schedule.sparsity(t))
+        if super()._update(t, grads):
             return True
-        if t == self.schedule.end_step + 1 and not self.leave_enabled:
+        if not self.leave_enabled and t == self.schedule.end_step + 1:
             self.apply_masks({n: torch.ones(layer.shape, dtype=torch.bool)
                               for n, layer in self.layers.items()})
             return True
@@ -155,30 +131,42 @@ class IterativeMagnitudePruner(MagnitudePruner):
     ``reset_optimizer``, the optimizer's state is cleared, as for a fresh run. After the
     last round, train the ticket as long as you like. ``final_sparsity=`` is ``sparsity``'s
     deprecated old name (DeprecationWarning).
+
+    The preset is ``MagnitudeScore()``, the allocation and an
+    :class:`~.schedules.IterativeSchedule`; ``score=`` and ``schedule=`` (instead of
+    ``rounds`` and ``round_length``) replace them: every update of the schedule rewinds.
     """
 
     def __init__(self, model: nn.Module, optimizer=None, *, sparsity: Optional[float] = None,
-                 rounds: int, round_length: int, rewind_step: int = 0, allocation: str = "global",
+                 rounds: Optional[int] = None, round_length: Optional[int] = None,
+                 rewind_step: int = 0, allocation="global",
                  min_keep: float = 0.0, reset_optimizer: bool = True,
-                 final_sparsity: Optional[float] = None, **kwargs) -> None:
-        final_sparsity = check_target(renamed_keyword(type(self).__name__, "sparsity", sparsity,
-                                                      "final_sparsity", final_sparsity))
-        self.schedule = IterativeSchedule(final_sparsity, rounds, round_length)
-        if isinstance(rewind_step, bool) or not isinstance(rewind_step, int) \
-                or not 0 <= rewind_step < round_length:
+                 final_sparsity: Optional[float] = None, score="magnitude",
+                 schedule: Optional[Schedule] = None, **kwargs) -> None:
+        name = type(self).__name__
+        if sparsity is None and final_sparsity is None:  # the schedule's own target, if any
+            sparsity = getattr(schedule, "final_sparsity", None)
+        final_sparsity = renamed_keyword(name, "sparsity", sparsity, "final_sparsity", final_sparsity)
+        final_sparsity = check_target(final_sparsity)
+        check_schedule_keywords(schedule, {"rounds": (rounds, None), "round_length": (round_length, None)}, name)
+        if schedule is None:
+            if rounds is None or round_length is None:
+                raise TypeError(f"{name} needs rounds= and round_length= (or a schedule=)")
+            schedule = IterativeSchedule(final_sparsity, rounds, round_length)
+        limit = getattr(schedule, "round_length", None)
+        if isinstance(rewind_step, bool) or not isinstance(rewind_step, int) or rewind_step < 0 \
+                or (limit is not None and rewind_step >= limit):
             raise ValueError(f"rewind_step must be an int in [0, round_length), got {rewind_step!r}")
         self.rewind_step, self.reset_optimizer = rewind_step, bool(reset_optimizer)
         self.rewind_point: Optional[Dict[str, Any]] = None
         super().__init__(model, optimizer, sparsity=final_sparsity, allocation=allocation,
-                         min_keep=min_keep, **kwargs)
+                         min_keep=min_keep, score=score, schedule=schedule, **kwargs)
 
     def _update(self, t, grads) -> bool:
         if t == self.rewind_step:
             self.rewind_point = self._snapshot()
-        round_ = self.schedule.round_at(t)
-        if not round_:
+        if not super()._update(t, grads):
             return False
-        self.prune_to(self.schedule.sparsity_after(round_))
         self.rewind()
         return True
 

@@ -1,15 +1,62 @@
 """Schedules: *when* to prune, and to what sparsity. Times are ticks: optimizer steps,
-or epochs for a pruner built with ``unit="epoch"``. Tick 0 is the pruner's creation."""
+or epochs for a pruner built with ``unit="epoch"``. Tick 0 is the pruner's creation.
+
+Every schedule is a :class:`Schedule`, what a pruner's ``schedule=`` takes: at each tick
+it says whether to prune and to what sparsity (:meth:`Schedule.target`), whether to lift
+the masks (:meth:`Schedule.releases`) and which fraction of the kept weights to drop and
+regrow (:meth:`Schedule.regrow_fraction`)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 from .._validation import check_count as _check_count
 from .allocation import check_target
 
-__all__ = ["cubic_sparsity", "GradualSchedule", "ACDCSchedule", "CosineUpdateSchedule",
-           "IterativeSchedule"]
+__all__ = ["cubic_sparsity", "Schedule", "OneShotSchedule", "GradualSchedule", "ACDCSchedule",
+           "CosineUpdateSchedule", "IterativeSchedule", "RegrowingSchedule", "check_schedule_keywords"]
+
+
+class Schedule:
+    """When a pruner updates its masks, and to what.
+
+    Subclasses implement :meth:`target`; :meth:`releases` and :meth:`regrow_fraction`
+    default to never. ``from_all_weights``: a pruning step may keep any weight (AC/DC's
+    compressed phases choose afresh after a dense phase) instead of only the weights kept
+    so far. ``regrows``: some tick has a nonzero :meth:`regrow_fraction` (the pruner then
+    captures dense gradients before those ticks).
+    """
+
+    from_all_weights = False
+    regrows = False
+
+    def target(self, t: int, sparsity: float) -> Optional[float]:
+        """The sparsity to prune to at tick ``t`` (``None``: no pruning then); ``sparsity``
+        is the pruner's target."""
+        raise NotImplementedError
+
+    def releases(self, t: int) -> bool:
+        """Whether tick ``t`` lifts every mask (the layers become dense)."""
+        return False
+
+    def regrow_fraction(self, t: int) -> float:
+        """Fraction of each layer's kept weights dropped by magnitude and regrown by
+        gradient at tick ``t`` (0: none)."""
+        return 0.0
+
+
+@dataclass(frozen=True)
+class OneShotSchedule(Schedule):
+    """Prune once, at tick ``at``, to the pruner's target."""
+
+    at: int = 0
+
+    def __post_init__(self):
+        _check_count("at", self.at)
+
+    def target(self, t, sparsity):
+        return sparsity if t == self.at else None
 
 
 def cubic_sparsity(t: int, initial: float, final: float, start: int, end: int) -> float:
@@ -23,7 +70,7 @@ def cubic_sparsity(t: int, initial: float, final: float, start: int, end: int) -
 
 
 @dataclass(frozen=True)
-class GradualSchedule:
+class GradualSchedule(Schedule):
     """Gradual pruning (Zhu & Gupta, "To prune, or not to prune", 2017): the sparsity
     follows :func:`cubic_sparsity` and is applied every ``frequency`` ticks from
     ``start_step`` to ``end_step`` (and at ``end_step`` itself)."""
@@ -55,9 +102,13 @@ class GradualSchedule:
         return cubic_sparsity(t, self.initial_sparsity, self.final_sparsity, self.start_step,
                               self.end_step)
 
+    def target(self, t, sparsity):
+        """The cubic ramp's sparsity at its update ticks (its own ``final_sparsity``)."""
+        return self.sparsity(t) if self.is_update(t) else None
+
 
 @dataclass(frozen=True)
-class ACDCSchedule:
+class ACDCSchedule(Schedule):
     """AC/DC phases (Peste et al., "AC/DC: Alternating Compressed/DeCompressed Training of
     Deep Neural Networks", NeurIPS 2021): dense for ``warmup`` ticks, then alternating
     compressed (``sparse_length``) and decompressed (``dense_length``) phases, and a final
@@ -90,12 +141,22 @@ class ACDCSchedule:
         """True at the first tick of a compressed phase (a new mask is chosen there)."""
         return self.is_sparse(t) and (t == 0 or not self.is_sparse(t - 1))
 
+    from_all_weights = True  # a compressed phase chooses among all weights
+
+    def target(self, t, sparsity):
+        return sparsity if self.starts_sparse_phase(t) else None
+
+    def releases(self, t):
+        """The first tick of a decompressed phase."""
+        return t > 0 and not self.is_sparse(t) and self.is_sparse(t - 1)
+
 
 @dataclass(frozen=True)
-class CosineUpdateSchedule:
+class CosineUpdateSchedule(Schedule):
     """RigL's prune-and-regrow timing (Evci et al., ICML 2020): every ``frequency`` ticks
     before ``end_step``, a fraction ``alpha / 2 * (1 + cos(pi * t / end_step))`` of each
-    layer's weights is dropped and regrown."""
+    layer's weights is dropped and regrown. As a pruner's schedule it prunes to the
+    target at tick 0 (sparse from the start, as RigL) and then only drops and regrows."""
 
     alpha: float
     frequency: int
@@ -115,9 +176,17 @@ class CosineUpdateSchedule:
             return 0.0
         return self.alpha / 2.0 * (1.0 + math.cos(math.pi * t / self.end_step))
 
+    regrows = True
+
+    def target(self, t, sparsity):
+        return sparsity if t == 0 else None
+
+    def regrow_fraction(self, t):
+        return self.fraction(t) if self.is_update(t) else 0.0
+
 
 @dataclass(frozen=True)
-class IterativeSchedule:
+class IterativeSchedule(Schedule):
     """Iterative magnitude pruning (Frankle & Carbin, "The Lottery Ticket Hypothesis",
     ICLR 2019): after each round of ``round_length`` ticks, prune the fraction
     ``1 - (1 - final_sparsity) ** (1 / rounds)`` of the remaining weights, so ``rounds``
@@ -144,3 +213,62 @@ class IterativeSchedule:
 
     def sparsity_after(self, round_: int) -> float:
         return 1.0 - (1.0 - self.rate) ** round_
+
+    def target(self, t, sparsity):
+        """The sparsity after the round ending at ``t`` (its own ``final_sparsity``)."""
+        round_ = self.round_at(t)
+        return self.sparsity_after(round_) if round_ else None
+
+
+@dataclass(frozen=True)
+class RegrowingSchedule(Schedule):
+    """``prune``'s updates, each followed (for ``0 < t < regrow.end_step``) by dropping
+    ``regrow.fraction(t)`` of every layer's kept weights by magnitude and regrowing as many
+    by gradient: GraNet (Liu et al., NeurIPS 2021) is a :class:`GradualSchedule` with a
+    :class:`CosineUpdateSchedule`."""
+
+    prune: Schedule
+    regrow: CosineUpdateSchedule
+
+    def __post_init__(self):
+        if not isinstance(self.prune, Schedule):
+            raise TypeError(f"prune must be a Schedule, got {type(self.prune).__name__}")
+        if not isinstance(self.regrow, CosineUpdateSchedule):
+            raise TypeError(f"regrow must be a CosineUpdateSchedule, got {type(self.regrow).__name__}")
+
+    regrows = True
+
+    @property
+    def from_all_weights(self):
+        return self.prune.from_all_weights
+
+    @property
+    def final_sparsity(self):
+        return getattr(self.prune, "final_sparsity", None)
+
+    @property
+    def end_step(self):
+        return getattr(self.prune, "end_step", self.regrow.end_step)
+
+    def target(self, t, sparsity):
+        return self.prune.target(t, sparsity)
+
+    def releases(self, t):
+        return self.prune.releases(t)
+
+    def regrow_fraction(self, t):
+        if 0 < t < self.regrow.end_step and self.prune.target(t, 0.0) is not None:
+            return self.regrow.fraction(t)
+        return 0.0
+
+
+def check_schedule_keywords(schedule: Optional[Schedule], keywords: Dict[str, Tuple[Any, Any]],
+                            algorithm: str) -> None:
+    """A preset given ``schedule=`` must not also get the keywords that build its own
+    schedule: ``keywords`` maps each to ``(value, default)``; any not at its default raises."""
+    if schedule is None:
+        return
+    given = [name for name, (value, default) in keywords.items() if value != default]
+    if given:
+        raise ValueError(f"{algorithm}: give {', '.join(n + '=' for n in given)} or schedule=, "
+                         f"not both")

@@ -1,5 +1,10 @@
 """Scores: how much each weight matters (higher is kept). Every score has the dense
-weight's shape; pruned weights have weight 0, so magnitude-like scores rank them last."""
+weight's shape; pruned weights have weight 0, so magnitude-like scores rank them last.
+
+The functions compute one score; the :class:`Score` objects are what a pruner's
+``score=`` takes: each ranks every pruned layer at once from what the pruner holds (its
+layers, model, random generator and, for gradient scores, the dense gradient captured
+over the step before the update)."""
 from __future__ import annotations
 
 from typing import Callable, Dict, Mapping, Optional
@@ -7,7 +12,9 @@ from typing import Callable, Dict, Mapping, Optional
 import torch
 from torch import nn
 
-__all__ = ["magnitude", "random_scores", "lamp", "gradient_magnitude", "snip", "synflow"]
+__all__ = ["magnitude", "random_scores", "lamp", "gradient_magnitude", "snip", "synflow",
+           "Score", "MagnitudeScore", "LAMPScore", "RandomScore", "GradientScore", "SNIPScore",
+           "SynFlowScore", "SCORES", "as_score"]
 
 
 def magnitude(weight: torch.Tensor) -> torch.Tensor:
@@ -96,3 +103,161 @@ def synflow(model: nn.Module, masks: Mapping[str, torch.Tensor], example_input: 
     grads = torch.autograd.grad(flow, list(weights.values()), allow_unused=True)
     return {name: (torch.zeros(w.shape) if g is None else (g * w).detach().abs().float())
             for (name, w), g in zip(weights.items(), grads)}
+
+
+# --- Score objects: what a pruner's score= takes ------------------------------------------
+Masks = Mapping[str, torch.Tensor]
+
+
+class Score:
+    """What ranks the weights of a pruner's layers (higher is kept).
+
+    Subclasses implement :meth:`scores`. ``needs_gradients``: the score reads the dense
+    gradient of the step before the update (the pruner captures it); such a score cannot
+    prune at tick 0, when no backward pass has run.
+    """
+
+    needs_gradients = False
+    name = ""  # a short name; the score compares equal to it (pruner.score == "lamp")
+
+    def scores(self, pruner, masks: Masks, grads: Optional[Masks]) -> Dict[str, torch.Tensor]:
+        """Scores of every layer of ``pruner`` (dense weight shape), with ``masks`` the
+        weights kept so far and ``grads`` the captured dense gradients (or None)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, str):
+            return bool(self.name) and other == self.name
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    __hash__ = None
+
+
+class _WeightScore(Score):
+    """A score of each layer's weight alone."""
+
+    def of(self, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, pruner, masks, grads):
+        return {name: self.of(layer.weight()) for name, layer in pruner.layers.items()}
+
+
+class MagnitudeScore(_WeightScore):
+    """|w| (:func:`magnitude`). With the uniform allocation a sparse layer is pruned
+    inside its sparse form, without a dense score."""
+
+    name = "magnitude"
+
+    def of(self, weight):
+        return magnitude(weight)
+
+
+class LAMPScore(_WeightScore):
+    """LAMP (:func:`lamp`): layer-adaptive magnitudes, comparable across layers (pair it
+    with the global allocation)."""
+
+    name = "lamp"
+
+    def of(self, weight):
+        return lamp(weight)
+
+
+class RandomScore(Score):
+    """Uniform random scores (:func:`random_scores`) from the pruner's seeded generator;
+    needs a per-layer allocation (uniform, ER, ERK): a global threshold on random scores
+    would size the layers by chance."""
+
+    name = "random"
+
+    def scores(self, pruner, masks, grads):
+        return {name: random_scores(layer.weight(), pruner.generator)
+                for name, layer in pruner.layers.items()}
+
+
+class GradientScore(Score):
+    """|dL/dw| of the step before the update (:func:`gradient_magnitude`), pruned
+    positions included: RigL's regrowth score, here as a pruning score."""
+
+    name = "gradient"
+
+    needs_gradients = True
+
+    def scores(self, pruner, masks, grads):
+        if grads is None or any(grads.get(name) is None for name in pruner.layers):
+            raise RuntimeError("GradientScore needs the dense gradient of the step before an "
+                               "update: call pruner.step() after optimizer.step(), once per "
+                               "step that ran backward")
+        return {name: gradient_magnitude(grads[name]) for name in pruner.layers}
+
+
+class SNIPScore(Score):
+    """SNIP's |g * w| on one batch (:func:`snip`), on a dense copy of the model."""
+
+    name = "snip"
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor,
+                 loss_fn: Callable = nn.functional.cross_entropy) -> None:
+        self.inputs, self.targets, self.loss_fn = inputs, targets, loss_fn
+
+    def release(self) -> None:
+        """Drop the batch (a pruner that scores only once does not hold on to the data)."""
+        self.inputs = self.targets = None
+
+    def scores(self, pruner, masks, grads):
+        if self.inputs is None:
+            raise RuntimeError("this SNIPScore's batch was released after its pruner's last update")
+        return snip(pruner.model, masks, self.inputs, self.targets, loss_fn=self.loss_fn)
+
+    def __repr__(self):
+        return f"SNIPScore(inputs={tuple(getattr(self.inputs, 'shape', ()))})"
+
+    def __eq__(self, other):  # holds data: equal only to itself (or its name)
+        return other == self.name if isinstance(other, str) else other is self
+
+    __hash__ = object.__hash__
+
+
+class SynFlowScore(Score):
+    """SynFlow's |dR/dw * w| (:func:`synflow`): data-free, only ``example_input``'s
+    shape is used."""
+
+    name = "synflow"
+
+    def __init__(self, example_input: torch.Tensor) -> None:
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
+            raise TypeError("example_input must be a batched tensor shaped like the model's input")
+        # Only the shape matters: keep an empty batch, not the data.
+        self.example_input = torch.empty((0,) + tuple(example_input.shape[1:]))
+
+    def scores(self, pruner, masks, grads):
+        return synflow(pruner.model, masks, self.example_input)
+
+    def __repr__(self):
+        return f"SynFlowScore(sample_shape={tuple(self.example_input.shape[1:])})"
+
+    def __eq__(self, other):
+        if isinstance(other, str):
+            return other == self.name
+        return type(other) is SynFlowScore and other.example_input.shape == self.example_input.shape
+
+    __hash__ = None
+
+
+SCORES = {"magnitude": MagnitudeScore, "lamp": LAMPScore}
+
+
+def as_score(score) -> Score:
+    """A :class:`Score` from ``score=``: a Score, or the name of a weight score
+    (``"magnitude"``, ``"lamp"``)."""
+    if isinstance(score, Score):
+        return score
+    if isinstance(score, str) or score is None:
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {tuple(SCORES)}, got {score!r}")
+        return SCORES[score]()
+    raise TypeError(f"score must be a Score (MagnitudeScore(), LAMPScore(), ...) or one of "
+                    f"{tuple(SCORES)}, got {type(score).__name__}")
