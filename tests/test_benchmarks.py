@@ -170,3 +170,11 @@ def test_the_core_package_loads_no_benchmark_module():
             "print(sorted(m for m in sys.modules if m.startswith('sparseprop.bench')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_make_layers_storage_dtype_keeps_a_float32_dense_twin_with_the_same_weights():
+    from sparseprop.benchmarks.linear import make_layers
+
+    sparse, dense = make_layers(16, 8, 0.5, storage=torch.bfloat16)
+    assert sparse.values.dtype == torch.bfloat16 and dense.weight.dtype == torch.float32
+    assert torch.equal(dense.weight, sparse.weight.detach().float())

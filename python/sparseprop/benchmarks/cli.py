@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="save fwd+bwd speedup vs sparsity (needs matplotlib)")
     p.add_argument("--markdown", action="store_true",
                    help="print a GitHub markdown table (progress goes to stderr)")
+    p.add_argument("--storage", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="dtype the sparse layer stores its weights in (computes in float32; "
+                        "the dense layer stays float32 with the same weights); default float32")
     p.add_argument("--overhead", action="store_true",
                    help="only the per-call overhead line: 64x64 SparseLinear vs nn.Linear at "
                         "batch 1, forward+backward time ratio (sparse / dense, lower is better)")

@@ -66,13 +66,14 @@ class Result(PassRatios):
         return {**asdict(self), **self.speedups()}
 
 
-def make_layers(in_features: int, out_features: int, sparsity: float,
-                seed: int = 0) -> Tuple[sparseprop.SparseLinear, nn.Linear]:
-    """A random ``SparseLinear`` (with bias) and its dense twin ``m.to_dense()``."""
+def make_layers(in_features: int, out_features: int, sparsity: float, seed: int = 0,
+                storage: torch.dtype = torch.float32) -> Tuple[sparseprop.SparseLinear, nn.Linear]:
+    """A random ``SparseLinear`` (with bias) storing its weights as ``storage``, and its
+    float32 dense twin (the same weights: ``m.to_dense().float()``)."""
     gen = torch.Generator().manual_seed(seed)
     sparse = sparseprop.SparseLinear(in_features, out_features, bias=True, sparsity=sparsity,
-                                     generator=gen)
-    return sparse, sparse.to_dense()
+                                     generator=gen, dtype=storage)
+    return sparse, sparse.to_dense().float()
 
 
 def bench_config(sparse: sparseprop.SparseLinear, dense: nn.Linear, batch: int, *,
@@ -134,7 +135,8 @@ def run_table(args, shapes, batches, sparsities, reps, warmup, threads) -> int:
 
     out = sys.stdout
     progress = sys.stderr if args.markdown else sys.stdout
-    print_header(out, args.markdown)
+    print_header(out, args.markdown, [f"storage:    sparse weights stored as {args.storage}"]
+                 if args.storage != "float32" else [])
     if not args.markdown:
         print(plain_header(), file=out)
         out.flush()
@@ -148,7 +150,8 @@ def run_table(args, shapes, batches, sparsities, reps, warmup, threads) -> int:
         for batch in batches:
             for sparsity in sparsities:
                 if sparsity not in layers:
-                    layers[sparsity] = make_layers(fin, fout, sparsity, seed=args.seed)
+                    layers[sparsity] = make_layers(fin, fout, sparsity, seed=args.seed,
+                                                   storage=getattr(torch, args.storage))
                 sparse, dense = layers[sparsity]
                 r = bench_config(sparse, dense, batch, reps=reps, warmup=warmup,
                                  target_time=args.min_time, seed=args.seed, check=not args.no_check)
