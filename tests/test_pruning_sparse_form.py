@@ -41,6 +41,22 @@ def test_topk_mask_keeps_only_allowed():
     assert torch.equal(topk_mask(scores, 9, allowed), allowed)
 
 
+@pytest.mark.parametrize("outside", ["zero", "large"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_topk_mask_among_allowed_matches_masking_the_scores(outside, overwrite):
+    g = torch.Generator().manual_seed(1)
+    allowed = torch.rand(300_000, generator=g) < 0.4
+    scores = torch.randn(300_000, generator=g).abs()
+    scores[allowed & (torch.rand(300_000, generator=g) < 0.05)] = 0.0  # allowed zeros: ties
+    scores[~allowed] = 0.0 if outside == "zero" else 10.0
+    expected_scores = scores.masked_fill(~allowed, -float("inf"))
+    n_allowed = int(allowed.sum())
+    for k in (1, n_allowed // 2, n_allowed - 10):  # the last one needs allowed zeros
+        got = topk_mask(scores.clone(), k, allowed, overwrite=overwrite)
+        assert int(got.sum()) == k and not bool((got & ~allowed).any())
+        assert torch.equal(got, _reference(expected_scores, k))
+
+
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 30))
