@@ -40,6 +40,7 @@ class Layer:
     def __init__(self, name: str, names: List[str], module: nn.Module) -> None:
         self.name, self.names, self.module = name, names, module
         self.dense_mask: Optional[torch.Tensor] = None  # None: nothing pruned
+        self._dense_nnz: Optional[int] = None  # its count (counting is a full pass)
         self._grad_hook = self._mask_hook = None
         self.capture: Optional[torch.Tensor] = None  # dense gradient, while capturing
         self.capturing = False
@@ -108,7 +109,7 @@ class Layer:
 
     def nnz(self) -> int:
         if self.is_dense:
-            return self.numel if self.dense_mask is None else int(torch.count_nonzero(self.dense_mask))
+            return self.numel if self.dense_mask is None else self._dense_nnz
         return self.module.nnz
 
     def parameters(self) -> List[nn.Parameter]:
@@ -146,8 +147,11 @@ class Layer:
         if self.is_dense and self.dense_mask is not None:
             _zero_pruned(self.module.weight, self.dense_mask)
 
-    def _set_dense_mask(self, mask: Optional[torch.Tensor]) -> None:
+    def _set_dense_mask(self, mask: Optional[torch.Tensor], nnz: Optional[int] = None) -> None:
+        """``nnz``: the mask's count, if the caller has it."""
         self.dense_mask = None if mask is None else mask.contiguous()
+        self._dense_nnz = None if mask is None else (
+            int(torch.count_nonzero(mask)) if nnz is None else nnz)
 
     # --- mask changes ---------------------------------------------------------------
     def set_mask(self, model: nn.Module, mask: torch.Tensor, optimizer: Optional[torch.optim.Optimizer],
@@ -155,18 +159,19 @@ class Layer:
         """Keep only ``mask``'s weights (new ones start at zero), switching the module's
         form if ``sparse_from`` (a number, None or "auto") says so."""
         mask = mask.detach().to("cpu").bool().reshape(self.shape)
-        sparsity = 1.0 - int(torch.count_nonzero(mask)) / self.numel if self.numel else 0.0
+        kept = int(torch.count_nonzero(mask))
+        sparsity = 1.0 - kept / self.numel if self.numel else 0.0
         threshold = self.switch_at(sparse_from, sparsity)
         want_sparse = threshold is not None and sparsity >= threshold and self.convertible(model)
         if self.is_dense and want_sparse:
             # Only the kept positions are gathered: zeroing the pruned ones first is moot.
-            self._set_dense_mask(mask)
+            self._set_dense_mask(mask, kept)
             self._to_sparse(model, optimizer)
             return
         if not self.is_dense and not want_sparse:
             self._to_dense(model, optimizer)
         if self.is_dense:
-            self._mask_dense(mask, optimizer)
+            self._mask_dense(mask, optimizer, kept)
         else:
             update_pattern(self.module, mask, optimizer)
 
@@ -190,9 +195,9 @@ class Layer:
         return conversion_blocker(self.module, self.module.weight,
                                   shared_parameter_users(model)) is None
 
-    def _mask_dense(self, mask: torch.Tensor, optimizer) -> None:
+    def _mask_dense(self, mask: torch.Tensor, optimizer, kept: int) -> None:
         param = self.module.weight
-        self._set_dense_mask(None if bool(mask.all()) else mask)
+        self._set_dense_mask(None if kept == self.numel else mask, kept)
         if self.dense_mask is None:
             return
         for value in [param] + ([param.grad] if param.grad is not None else []) \
