@@ -5,7 +5,7 @@ import warnings
 
 import torch
 
-__all__ = ["check_count", "check_float32_cpu", "renamed_keyword"]
+__all__ = ["FLOAT_DTYPES", "check_count", "check_float32_cpu", "renamed_keyword"]
 
 
 def check_count(name: str, value, minimum: int = 0) -> int:
@@ -17,6 +17,7 @@ def check_count(name: str, value, minimum: int = 0) -> int:
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
 _CAST_DTYPES = (torch.bfloat16, torch.float16)
+FLOAT_DTYPES = _COMPUTE_DTYPES + _CAST_DTYPES  # every dtype a sparse layer accepts
 
 
 def check_float32_cpu(t: torch.Tensor, name: str) -> None:
@@ -24,7 +25,7 @@ def check_float32_cpu(t: torch.Tensor, name: str) -> None:
     check_float_cpu(t, name, (torch.float32,))
 
 
-def check_float_cpu(t: torch.Tensor, name: str, dtypes=_COMPUTE_DTYPES + _CAST_DTYPES) -> None:
+def check_float_cpu(t: torch.Tensor, name: str, dtypes=FLOAT_DTYPES) -> None:
     """Raise if ``t`` is not a CPU tensor of one of ``dtypes``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

@@ -61,7 +61,7 @@ from sparseprop import SparseConv2d
 
 from .bench import (PassRatios, _make_pass_fns, _ms, _params, _parse_list, _ratio, _x,
                     header_lines, run_settings, time_interleaved_samples)
-from .conv import STRATEGIES, set_strategy
+from .conv import LAYOUTS, set_layout
 from .convert import densify
 from .models import count_params, resnet18_cifar, sparsify_convs
 from ._resnet_gmp import GMP_COLUMNS, gmp_cells, gmp_vs_dense
@@ -363,11 +363,13 @@ def build_conv_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated batch sizes (default {DEFAULT_CONV_BATCHES})")
     p.add_argument("--sparsity", type=_parse_list(float, lambda v: 0.0 <= v < 1.0, "sparsity"),
                    default=None, help=f"comma-separated sparsities in [0, 1) (default {DEFAULT_CONV_SPARSITIES})")
-    p.add_argument("--strategy", type=_parse_list(str, lambda v: v in STRATEGIES, "strategy"),
-                   default=["auto"],
+    p.add_argument("--layout", type=_parse_list(str, lambda v: v in LAYOUTS, "layout"),
+                   default=None,
                    help="comma-separated data layouts to time, each in turn: auto (default; "
                         "sparseprop's own choice), batch (batch-innermost phase layout), width "
                         "(native NCHW)")
+    p.add_argument("--strategy", type=_parse_list(str, lambda v: v in LAYOUTS, "strategy"),
+                   default=None, help="deprecated old name of --layout")
     _common_options(p, 0.2, "per pass; default: adaptive, --min-time per side, 5..50")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: layers {QUICK_LAYERS}, batch {QUICK_CONV_BATCHES}, sparsity "
@@ -387,6 +389,12 @@ def _check_counts(parser, reps, warmup, threads) -> None:
 def main_conv(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_conv_parser()
     args = parser.parse_args(argv)
+    if args.strategy is not None:
+        if args.layout is not None:
+            parser.error("give --layout only (--strategy is its deprecated old name)")
+        print("warning: --strategy is deprecated, use --layout (same values)", file=sys.stderr)
+        args.layout = args.strategy
+    args.layout = args.layout or ["auto"]
     layers = args.layers or parse_layers(QUICK_LAYERS if args.quick else DEFAULT_LAYERS)
     batches = args.batch or [int(v) for v in (QUICK_CONV_BATCHES if args.quick else DEFAULT_CONV_BATCHES).split(",")]
     sparsities = args.sparsity or [float(v) for v in (QUICK_CONV_SPARSITIES if args.quick
@@ -411,19 +419,19 @@ def _run_conv(args, layers, batches, sparsities, reps, warmup) -> int:
     start = time.perf_counter()
     for layer in layers:
         built = {}  # one pattern per (layer, sparsity), reused for every batch size
-        for batch, sparsity, strategy in itertools.product(batches, sparsities, args.strategy):
+        for batch, sparsity, layout in itertools.product(batches, sparsities, args.layout):
             if sparsity not in built:
                 sparse = layer.make(sparsity, torch.Generator().manual_seed(args.seed))
                 built[sparsity] = (sparse, sparse.to_dense())
             sparse, dense = built[sparsity]
-            previous = set_strategy(strategy)
+            previous = set_layout(layout)
             sparse._plans.clear()  # plans are per layout: keep only this one's
             try:
                 r = bench_conv_config(layer, sparse, dense, batch, reps=reps, warmup=warmup,
                                       target_time=args.min_time, seed=args.seed,
                                       check=not args.no_check)
             finally:
-                set_strategy(previous)
+                set_layout(previous)
             r.sparsity = sparsity  # as asked for; the exact value is 1 - nnz / numel
             results.append(r)
             if not args.no_check and not (r.max_rel_err <= 1e-4):
