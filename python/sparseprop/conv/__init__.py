@@ -51,7 +51,7 @@ __all__ = [
     "PhaseTaps", "phase_taps", "make_plan", "make_width_plan", "phase_layout", "nchw",
     "to_phases", "from_phases", "grad_operand", "chwn_data", "chwn_output", "from_phases_chwn",
     "padded_chwn", "phases_chwn", "subsample_chwn",
-    # deprecated old names (STRATEGIES too, through __getattr__ below)
+    # old names: set_strategy / pick_strategy (and STRATEGIES, through __getattr__ below) warn
     "set_strategy", "pick_strategy", "SparseConv2dWidthFn",
 ]
 
