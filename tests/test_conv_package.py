@@ -104,7 +104,8 @@ def test_strategies_warns_and_is_layouts():
     with pytest.warns(DeprecationWarning, match="STRATEGIES is deprecated"):
         assert conv.STRATEGIES == conv.LAYOUTS == ("auto", "batch", "width")
     with pytest.warns(DeprecationWarning):
-        from sparseprop.conv import STRATEGIES  # noqa: F401
+        from sparseprop.conv import STRATEGIES as imported
+    assert imported == conv.LAYOUTS
     with pytest.raises(AttributeError, match="no attribute 'STRATEGY'"):
         conv.STRATEGY  # noqa: B018
 
