@@ -129,6 +129,23 @@ def test_conv_layout_module_warns_and_reexports():
     assert set(old.__all__) == {"LayoutBatchNorm2d", "is_chwn", "chwn_view", "layout_resident_batchnorms"}
 
 
+def test_pickles_from_before_the_move_still_load():
+    """Whole-model pickles name classes by module: ones written when these lived in
+    sparseprop.conv_layout / sparseprop.conv (a module then) load into the new classes."""
+    m = SparseConv2d(3, 4, 3, sparsity=0.5)
+    objects = ((conv.LayoutBatchNorm2d(3), "sparseprop.conv_layout"), (m.spec, "sparseprop.conv"),
+               (m._plans, "sparseprop.conv"))
+    for obj, old_module in objects:
+        data = pickle.dumps(obj, protocol=0)  # text protocol: module names on lines of their own
+        new_module = type(obj).__module__.encode() + b"\n"
+        assert new_module in data
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            back = pickle.loads(data.replace(new_module, old_module.encode() + b"\n"))
+        assert type(back) is type(obj)
+    assert back.capacity == m._plans.capacity
+
+
 def test_removed_internal_modules_are_gone():
     for name in ("conv_width", "conv_ops", "conv_dtypes"):
         with pytest.raises(ModuleNotFoundError):
