@@ -24,7 +24,7 @@ def test_resnet18_bench_tiny_run_prints_ops_and_breakdown(capsys):
                                    "--profile-steps", "1", "--ops", "3", "--rss-steps", "0"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "per-op self CPU time" in out and "_SparseConv2d" in out
+    assert "per-op self CPU time" in out and "SparseConv2dFn" in out
     assert "outside-conv %" in out and "peak MiB" in out
 
 

@@ -1,6 +1,6 @@
 """torch.compile over models with sparse layers (convolutions and linear layers).
 
-Under tracing both layers are torch.library custom ops (custom_ops.py, conv_ops.py), so
+Under tracing both layers are torch.library custom ops (custom_ops.py, conv/ops.py), so
 a model compiles into one graph with the sparse layers as opaque ops. The default tests use ``backend="aot_eager"`` (Dynamo + AOTAutograd, no
 code generation): Inductor's C++ compilation of the same model takes ~30 s on the
 2-core test machine. Set SPARSEPROP_TEST_INDUCTOR=1 to also run it with Inductor.
@@ -114,7 +114,7 @@ def test_export_conv_model_round_trip(tmp_path):
 
 
 def test_conv_opcheck():
-    from sparseprop import conv_ops
+    from sparseprop.conv import ops as conv_ops
 
     conv = sparseprop.SparseConv2d(2, 3, 3, padding=1, sparsity=0.5)
     x = torch.randn(2, 2, 5, 5, requires_grad=True)

@@ -41,11 +41,11 @@ def dense_oracle_single_threaded():
 
 
 @pytest.fixture(autouse=True, params=["batch", "width"])
-def strategy(request):
+def layout(request):
     """Every test runs with each data layout forced in turn."""
-    previous = conv_module.set_strategy(request.param)
+    previous = conv_module.set_layout(request.param)
     yield request.param
-    conv_module.set_strategy(previous)
+    conv_module.set_layout(previous)
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -720,17 +720,19 @@ def test_small_cnn_trains_like_dense_masked_twin(isa):
 # --------------------------------------------------------------------------------------
 # layout choice
 # --------------------------------------------------------------------------------------
-def test_strategy_setting_is_checked_and_returned():
-    assert conv_module.set_strategy("auto") in ("batch", "width")
-    with pytest.raises(ValueError, match="conv strategy must be one of"):
-        conv_module.set_strategy("fastest")
-    assert conv_module.set_strategy("batch") == "auto"
+def test_layout_setting_is_checked_and_returned():
+    assert conv_module.set_layout("auto") in ("batch", "width")
+    with pytest.raises(ValueError, match="conv layout must be one of"):
+        conv_module.set_layout("fastest")
+    assert conv_module.get_layout() == "auto"  # a rejected name changes nothing
+    assert conv_module.set_layout("batch") == "auto"
+    assert conv_module.get_layout() == "batch"
 
 
-def test_auto_strategy_rule():
-    conv_module.set_strategy("auto")
+def test_auto_layout_rule():
+    conv_module.set_layout("auto")
     spec = SparseConv2d(8, 8, 3, padding=1).spec
-    pick = conv_module.pick_strategy
+    pick = conv_module.pick_layout
     assert pick(spec, 64, 32) == "width"     # wide images: 2 junk columns in 34
     assert pick(spec, 2, 16) == "batch"      # 2 in 18 is too many
     assert pick(spec, 1, 8) == "width"       # batch 1: one-row vectors in the batch layout
@@ -741,7 +743,7 @@ def test_auto_strategy_rule():
 
 
 @pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 1)])
-def test_conv_saves_the_input_itself(strategy, kernel, padding):
+def test_conv_saves_the_input_itself(layout, kernel, padding):
     """Both layouts save the input itself (not a private padded copy, which would keep
     an extra activation alive): modifying x before backward must fail as it does for
     nn.Conv2d, never give a silently wrong gradient."""

@@ -1,5 +1,5 @@
-"""The layout-resident conv path (sparseprop.conv_layout): sparse convolutions hand
-CHWN-strided activations to BatchNorm/ReLU/adds/pools and to each other. Oracle: the
+"""The layout-resident conv path (sparseprop.conv.chwn, sparseprop.conv.batchnorm): sparse
+convolutions hand CHWN-strided activations to BatchNorm/ReLU/adds/pools and to each other. Oracle: the
 dense masked model (``densify`` of a copy), for outputs, input and weight gradients and
 BatchNorm running statistics, over the stride/padding/groups combinations of
 ResNet/VGG/MobileNet blocks, train and eval mode, CHWN-strided inputs mixed with NCHW."""
@@ -15,8 +15,8 @@ from torch import nn
 import sparseprop
 from sparseprop import SparseConv2d
 from sparseprop import conv as conv_module
-from sparseprop.conv_layout import (LayoutBatchNorm2d, from_phases_chwn, is_chwn,
-                                    layout_resident_batchnorms, phases_chwn, to_chwn)
+from sparseprop.conv import (LayoutBatchNorm2d, from_phases_chwn, is_chwn, layout_resident_batchnorms,
+                             phases_chwn, to_chwn)
 from sparseprop import densify
 from sparseprop.benchmarks.resnet_models import BasicBlock, sparsify_convs
 
@@ -78,13 +78,13 @@ CONVS = [  # (in, out, kernel, stride, padding, groups): the standard blocks' co
 ]
 
 
-@pytest.mark.parametrize("strategy", ["auto", "batch"])
+@pytest.mark.parametrize("layout", ["auto", "batch"])
 @pytest.mark.parametrize("in_layout", ["nchw", "chwn"])
 @pytest.mark.parametrize("grad_layout", ["nchw", "chwn"])
 @pytest.mark.parametrize("cfg", CONVS, ids=lambda c: "-".join(map(str, c)))
-def test_conv_any_layout_matches_dense(cfg, in_layout, grad_layout, strategy):
+def test_conv_any_layout_matches_dense(cfg, in_layout, grad_layout, layout):
     cin, cout, k, s, p, g = cfg
-    previous = conv_module.set_strategy(strategy)
+    previous = conv_module.set_layout(layout)
     try:
         gen = torch.Generator().manual_seed(1)
         dense = nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=g, bias=True)
@@ -104,20 +104,20 @@ def test_conv_any_layout_matches_dense(cfg, in_layout, grad_layout, strategy):
                                                  sparse.pattern.indices.long()]
         assert rel(sparse.values.grad, wg) < 1e-5
         assert rel(sparse.bias.grad, ref.bias.grad) < 1e-5
-        if in_layout == "chwn" and conv_module.pick_strategy(
+        if in_layout == "chwn" and conv_module.pick_layout(
                 sparse.spec, 4, yd.shape[3], True) == "batch":
             assert is_chwn(xs.grad)  # the gradient travels in the input's layout
     finally:
-        conv_module.set_strategy(previous)
+        conv_module.set_layout(previous)
 
 
 def test_batch_layout_output_is_chwn_and_a_plain_tensor():
     sparse = SparseConv2d(8, 8, 3, padding=1, sparsity=0.5)
-    previous = conv_module.set_strategy("batch")
+    previous = conv_module.set_layout("batch")
     try:
         y = sparse(torch.randn(4, 8, 6, 6))
     finally:
-        conv_module.set_strategy(previous)
+        conv_module.set_layout(previous)
     assert is_chwn(y) and not y._is_view()
     y.relu_()  # in-place ops on the output are allowed (it is not a view)
 
@@ -221,11 +221,11 @@ def _weight_grads(sparse: nn.Module, dense: nn.Module):
             yield name, s.values.grad, ref
 
 
-@pytest.mark.parametrize("strategy", ["auto", "batch"])
+@pytest.mark.parametrize("layout", ["auto", "batch"])
 @pytest.mark.parametrize("in_layout", ["nchw", "chwn"])
 @pytest.mark.parametrize("name", ["resnet-identity", "resnet-downsample", "vgg", "mobilenet"])
-def test_block_train_and_eval_match_dense_masked(name, in_layout, strategy):
-    previous = conv_module.set_strategy(strategy)
+def test_block_train_and_eval_match_dense_masked(name, in_layout, layout):
+    previous = conv_module.set_layout(layout)
     try:
         sparse, dense = _pairs(_nets()[name], 0.7)
         gen = torch.Generator().manual_seed(4)
@@ -256,7 +256,7 @@ def test_block_train_and_eval_match_dense_masked(name, in_layout, strategy):
             assert rel(sparse(x), dense(x)) < 1e-4
             assert rel(sparse(to_chwn(x)), dense(x)) < 1e-4
     finally:
-        conv_module.set_strategy(previous)
+        conv_module.set_layout(previous)
 
 
 def test_mixed_layouts_feed_sparse_and_dense_consumers():
@@ -268,7 +268,7 @@ def test_mixed_layouts_feed_sparse_and_dense_consumers():
     da, db = a.to_dense(), b.to_dense()
     x = torch.randn(4, 4, 8, 8, generator=gen)
     skip = torch.randn(4, 6, 8, 8, generator=gen)
-    previous = conv_module.set_strategy("batch")
+    previous = conv_module.set_layout("batch")
     try:
         xs, xd = x.clone().requires_grad_(), x.clone().requires_grad_()
         hs = a(xs) + skip
@@ -283,7 +283,7 @@ def test_mixed_layouts_feed_sparse_and_dense_consumers():
         assert rel(xs.grad, xd.grad) < 1e-5
         assert rel(gc, c.weight.grad) < 1e-5
     finally:
-        conv_module.set_strategy(previous)
+        conv_module.set_layout(previous)
 
 
 def test_resnet18_layout_is_resident():

@@ -52,9 +52,9 @@ def test_property_matches_dense(config, batch, sparsity, isa_name, layout, seed)
     g = torch.Generator().manual_seed(seed)
     m = SparseConv2d(**kwargs, sparsity=sparsity, generator=g)
     x = torch.randn(batch, kwargs["in_channels"], h, w, generator=g, requires_grad=True)
-    previous = conv_module.set_strategy(layout)
+    previous = conv_module.set_layout(layout)
     try:
         with sparseprop.use_isa(isa_name):
             compare_conv(m, x, what=f"[{isa_name}, {layout}] {kwargs} {(batch, h, w)}")
     finally:
-        conv_module.set_strategy(previous)
+        conv_module.set_layout(previous)

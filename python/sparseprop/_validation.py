@@ -5,8 +5,8 @@ import warnings
 
 import torch
 
-__all__ = ["STORAGE_DTYPES", "check_count", "check_float32_cpu", "check_linear_input",
-           "check_storage_dtype", "renamed_keyword"]
+__all__ = ["FLOAT_DTYPES", "STORAGE_DTYPES", "check_count", "check_float32_cpu",
+           "check_linear_input", "check_storage_dtype", "renamed_keyword"]
 
 
 def check_count(name: str, value, minimum: int = 0) -> int:
@@ -18,6 +18,7 @@ def check_count(name: str, value, minimum: int = 0) -> int:
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)
 _CAST_DTYPES = (torch.bfloat16, torch.float16)
+FLOAT_DTYPES = _COMPUTE_DTYPES + _CAST_DTYPES  # every dtype a sparse layer accepts
 
 
 # What a sparse layer may store its values (and bias) in; it computes in float32 from
@@ -40,7 +41,7 @@ def check_float32_cpu(t: torch.Tensor, name: str) -> None:
     check_float_cpu(t, name, (torch.float32,))
 
 
-def check_float_cpu(t: torch.Tensor, name: str, dtypes=_COMPUTE_DTYPES + _CAST_DTYPES) -> None:
+def check_float_cpu(t: torch.Tensor, name: str, dtypes=FLOAT_DTYPES) -> None:
     """Raise if ``t`` is not a CPU tensor of one of ``dtypes``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

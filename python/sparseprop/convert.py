@@ -20,7 +20,7 @@ from torch import nn
 from ._sparse_module import SparseWeightModule, magnitude_keep
 from ._tables import Table, fmt_bytes, shape_str
 from ._timing import medians_ms, pass_items, time_interleaved_samples
-from .conv_layout import layout_resident_batchnorms, plain_batchnorms
+from .conv.batchnorm import layout_resident_batchnorms, plain_batchnorms
 from .csr import check_sparsity, nnz_for
 from .hf_conv1d import SparseConv1D, is_conv1d
 from .modules import SparseConv2d

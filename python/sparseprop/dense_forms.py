@@ -60,14 +60,8 @@ def conv2d(spec, input: torch.Tensor, weight: torch.Tensor,
 
 
 def conv2d_float64(module, input: torch.Tensor) -> torch.Tensor:
-    """SparseConv2d in float64: input, values and bias must all be float64."""
+    """SparseConv2d in float64, for a call the conv's check_call and compute_dtypes passed
+    (input, values and bias all float64, shapes checked)."""
     values, bias = module.values, module.bias
-    dtypes = {input.dtype, values.dtype} | ({bias.dtype} if bias is not None else set())
-    if dtypes != {torch.float64}:
-        raise TypeError(f"input, values and bias must all be float64 for the float64 path, got "
-                        f"{sorted(str(d) for d in dtypes)}")
-    if input.dim() not in (3, 4) or input.shape[-3] != module.in_channels:
-        raise ValueError(f"expected input of shape (N, {module.in_channels}, H, W) or "
-                         f"({module.in_channels}, H, W), got {tuple(input.shape)}")
     weight = module.pattern.to_dense(values).view(module.weight_shape)
     return conv2d(module.spec, input, weight, bias)

@@ -169,6 +169,6 @@ def sparse_linear_buffers(input: torch.Tensor, indptr: torch.Tensor, indices: to
 
 def sparse_conv2d(*args, **kwargs):
     """See :func:`sparseprop.conv.sparse_conv2d`."""
-    from .conv import sparse_conv2d as impl
+    from .conv.entry import sparse_conv2d as impl
 
     return impl(*args, **kwargs)

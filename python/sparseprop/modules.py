@@ -9,10 +9,12 @@ import torch.nn.functional as F
 
 from ._sparse_module import SparseWeightModule
 from ._validation import check_count as _check_count, check_linear_input, check_storage_dtype
-from .conv import ConvSpec, PlanCache, sparse_conv2d_spec
+from .conv import ops as conv_ops
+from .conv.cache import PlanCache
+from .conv.dtypes import conv2d_other_paths
+from .conv.entry import sparse_conv2d_spec
+from .conv.spec import ConvSpec
 from .csr import CSRPattern
-from . import conv_ops
-from .conv_dtypes import conv2d_other_paths
 from .dense_forms import export_weight
 from .linear_fast import try_linear
 from .functional import autocast_dtype, sparse_linear, sparse_linear_buffers, use_custom_ops

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..conv import STRATEGIES
+from ..conv import LAYOUTS
 from . import conv, linear, resnet
 from .conv_layers import PRESET_LAYERS, parse_layers
 from .output import header_lines
@@ -227,11 +227,13 @@ def build_conv_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated batch sizes (default {DEFAULT_CONV_BATCHES})")
     p.add_argument("--sparsity", type=_sparsities,
                    default=None, help=f"comma-separated sparsities in [0, 1) (default {DEFAULT_CONV_SPARSITIES})")
-    p.add_argument("--strategy", type=parse_list(str, lambda v: v in STRATEGIES, "strategy"),
-                   default=["auto"],
+    p.add_argument("--layout", type=parse_list(str, lambda v: v in LAYOUTS, "layout"),
+                   default=None,
                    help="comma-separated data layouts to time, each in turn: auto (default; "
                         "sparseprop's own choice), batch (batch-innermost phase layout), width "
                         "(native NCHW)")
+    p.add_argument("--strategy", type=parse_list(str, lambda v: v in LAYOUTS, "strategy"),
+                   default=None, help="deprecated old name of --layout")
     _common_options(p, 0.2, "per pass; default: adaptive, --min-time per side, 5..50")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: layers {QUICK_LAYERS}, batch {QUICK_CONV_BATCHES}, sparsity "
@@ -243,6 +245,12 @@ def main_conv(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m sparseprop.bench --conv`` (``argv``: the arguments after ``--conv``)."""
     parser = build_conv_parser()
     args = parser.parse_args(argv)
+    if args.strategy is not None:
+        if args.layout is not None:
+            parser.error("give --layout only (--strategy is its deprecated old name)")
+        print("warning: --strategy is deprecated, use --layout (same values)", file=sys.stderr)
+        args.layout = args.strategy
+    args.layout = args.layout or ["auto"]
     layers = args.layers or parse_layers(QUICK_LAYERS if args.quick else DEFAULT_LAYERS)
     batches = args.batch or _batches(QUICK_CONV_BATCHES if args.quick else DEFAULT_CONV_BATCHES)
     sparsities = args.sparsity or _sparsities(QUICK_CONV_SPARSITIES if args.quick

@@ -25,7 +25,7 @@ from torch import nn
 import sparseprop
 from sparseprop import SparseConv2d
 from .._tables import Table, fmt_ms, fmt_x
-from ..conv import set_strategy
+from ..conv import set_layout
 from .checks import max_rel_error
 from .conv_layers import ConvLayer
 from .output import print_header, write_rows_csv
@@ -119,7 +119,7 @@ def cells(r: ConvResult) -> List[str]:
 # the run
 # ----------------------------------------------------------------------------------------
 def run_table(args, layers, batches, sparsities, reps, warmup) -> int:
-    """Every (layer, batch, sparsity, ``args.strategy``), row by row, then the markdown
+    """Every (layer, batch, sparsity, ``args.layout``), row by row, then the markdown
     table and CSV that ``args`` asks for."""
     out = sys.stdout
     progress = sys.stderr if args.markdown else sys.stdout
@@ -132,19 +132,19 @@ def run_table(args, layers, batches, sparsities, reps, warmup) -> int:
     start = time.perf_counter()
     for layer in layers:
         built = {}  # one pattern per (layer, sparsity), reused for every batch size
-        for batch, sparsity, strategy in itertools.product(batches, sparsities, args.strategy):
+        for batch, sparsity, layout in itertools.product(batches, sparsities, args.layout):
             if sparsity not in built:
                 sparse = layer.make(sparsity, torch.Generator().manual_seed(args.seed))
                 built[sparsity] = (sparse, sparse.to_dense())
             sparse, dense = built[sparsity]
-            previous = set_strategy(strategy)
+            previous = set_layout(layout)
             drop_plans(sparse)  # plans are per layout: keep only this one's
             try:
                 r = bench_conv_config(layer, sparse, dense, batch, reps=reps, warmup=warmup,
                                       target_time=args.min_time, seed=args.seed,
                                       check=not args.no_check)
             finally:
-                set_strategy(previous)
+                set_layout(previous)
             r.sparsity = sparsity  # as asked for; the exact value is 1 - nnz / numel
             results.append(r)
             if not args.no_check and not (r.max_rel_err <= 1e-4):

@@ -21,7 +21,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from sparseprop import SparseConv2d, SparseLinear
-from ..conv_layout import LayoutBatchNorm2d
+from ..conv.batchnorm import LayoutBatchNorm2d
 from ..module_tree import module_occurrences, replace_all, sparse_twin
 
 __all__ = ["BasicBlock", "ResNetCIFAR", "resnet18_cifar", "sparsify_convs", "conv_names",
@@ -31,7 +31,7 @@ __all__ = ["BasicBlock", "ResNetCIFAR", "resnet18_cifar", "sparsify_convs", "con
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU.
 
-    The BatchNorms are :class:`~sparseprop.conv_layout.LayoutBatchNorm2d` (nn.BatchNorm2d
+    The BatchNorms are :class:`~sparseprop.conv.batchnorm.LayoutBatchNorm2d` (nn.BatchNorm2d
     with the same state_dict), so once the convs are sparse the activations stay in the
     kernels' layout through the whole block.
 

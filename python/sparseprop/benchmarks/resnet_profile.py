@@ -26,7 +26,7 @@ def conv_kind(key: str) -> Optional[str]:
         return "sparse"
     if key.startswith(_NODE):
         node = key[len(_NODE):].lower()
-        if "sparseconv2d" in node:  # _SparseConv2dFn, _SparseConv2dWidthFn
+        if "sparseconv2d" in node:  # SparseConv2dFn
             return "sparse"
         if "conv" in node and "backward" in node:  # ConvolutionBackward0 (and older names)
             return "dense"
@@ -60,7 +60,7 @@ def op_self_ms(model: nn.Module, step: Callable[[], object], steps: int) -> Dict
     """Self CPU ms per step of every op (torch.profiler key) over ``steps`` profiled
     steps: where the step's time goes, op by op (``--ops``). Self time counts each
     microsecond once, in the innermost op; a sparse conv's Python-side layout copies
-    and its kernels show as the ``_SparseConv2d(Width)Fn`` entries."""
+    and its kernels show as the ``SparseConv2dFn`` entries."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -92,7 +92,7 @@ def profile_step(model: nn.Module, step: Callable[[], object], steps: int) -> Tu
       layout transforms and index-plan lookups count as convolution), and
     * each convolution's autograd node in the backward pass
       (``autograd::engine::evaluate_function: ConvolutionBackward0`` for nn.Conv2d,
-      ``...: _SparseConv2d(Width)FnBackward`` for SparseConv2d), which computes the input and
+      ``...: SparseConv2dFnBackward`` for SparseConv2d), which computes the input and
       weight gradients together.
 
     These ranges never nest in one another, so their sum is the convolution time;

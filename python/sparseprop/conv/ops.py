@@ -20,9 +20,11 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import custom_ops
-from . import linear_kernels as K
-from .conv import ConvSpec, PlanCache, output_size, sparse_conv2d_spec
+from .. import custom_ops
+from .. import linear_kernels as K
+from .cache import PlanCache
+from .entry import sparse_conv2d_spec
+from .spec import ConvSpec, output_size
 
 _lock = threading.Lock()
 _specs: "OrderedDict[str, Tuple[ConvSpec, PlanCache]]" = OrderedDict()
@@ -53,9 +55,7 @@ def _spec_and_plans(key: str) -> Tuple[ConvSpec, PlanCache]:
 
 
 def _eager(x, values, bias, indptr, indices, spec: ConvSpec, plans: PlanCache):
-    rows = spec.out_channels
-    cols = spec.in_channels // spec.groups * spec.kernel_size[0] * spec.kernel_size[1]
-    pattern = K.pattern_of(indptr, indices, rows, cols)
+    pattern = K.pattern_of(indptr, indices, spec.out_channels, spec.pattern_cols)
     return sparse_conv2d_spec(x, spec, pattern, values, bias, plans)
 
 

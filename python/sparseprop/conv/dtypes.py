@@ -10,25 +10,29 @@ from __future__ import annotations
 
 import torch
 
-from . import dense_forms
-from .conv import sparse_conv2d_spec
-from ._validation import check_float_cpu
-from .functional import compute_dtypes
+from .. import dense_forms
+from .._validation import FLOAT_DTYPES, check_float_cpu
+from ..functional import compute_dtypes
+from .entry import run_conv2d
+from .spec import check_call
 
 
 def conv2d_other_paths(module, input: torch.Tensor) -> torch.Tensor:
     """``module(input)`` for a SparseConv2d when the input is not a plain float32 call."""
-    check_float_cpu(input, "input")
     if torch.onnx.is_in_onnx_export():
+        # Exporters may run this on fake parameters and buffers: check the input only
+        # (the pattern is read from the module's own validated arrays).
+        check_float_cpu(input, "input")
         weight = dense_forms.export_weight(module).to(input.dtype)
         bias = None if module.bias is None else module.bias.to(input.dtype)
         return dense_forms.conv2d(module.spec, input, weight, bias)
-    compute, result = compute_dtypes(input, module.values, module.bias)
+    spec, pattern, values, bias = module.spec, module.pattern, module.values, module.bias
+    check_call(spec, input, pattern, values, bias, FLOAT_DTYPES)  # the one check of this call
+    compute, result = compute_dtypes(input, values, bias)
     if compute == torch.float64:
         return dense_forms.conv2d_float64(module, input)
-    values, bias = module.values.float(), module.bias
+    values = values.float()
     bias = None if bias is None else bias.float()
     with torch.autocast("cpu", enabled=False):
-        out = sparse_conv2d_spec(input.float(), module.spec, module.pattern, values, bias,
-                                 module._plans)
+        out = run_conv2d(input.float(), spec, pattern, values, bias, module._plans)
     return out if out.dtype == result else out.to(result)
