@@ -73,20 +73,6 @@ void spmm_block(const sparseprop::SpmmArgs& a, int64_t r0, int64_t r1, int64_t c
           acc2[u] = Vec::fma(w1, load_lane_block<NF, TAIL>(x1, u, tail), acc2[u]);
         }
       }
-    } else {
-      // Wide blocks have enough chains already: two nonzeros per iteration into the
-      // same accumulators only halves the loop overhead.
-      for (; k + 1 < end; k += 2) {
-        prefetch_operand<NV, OFFS>(a, k, limit, c0);
-        prefetch_operand<NV, OFFS>(a, k + 1, limit, c0);
-        const Reg w0 = Vec::set1(a.values[k]), w1 = Vec::set1(a.values[k + 1]);
-        const float* x0 = operand<OFFS>(a, k) + c0;
-        const float* x1 = operand<OFFS>(a, k + 1) + c0;
-        for (int u = 0; u < NV; ++u) {
-          acc[u] = Vec::fma(w0, load_lane_block<NF, TAIL>(x0, u, tail), acc[u]);
-          acc[u] = Vec::fma(w1, load_lane_block<NF, TAIL>(x1, u, tail), acc[u]);
-        }
-      }
     }
     for (; k < end; ++k) {
       prefetch_operand<NV, OFFS>(a, k, limit, c0);
