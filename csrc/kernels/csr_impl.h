@@ -99,28 +99,7 @@ void sddmm_block(const sparseprop::SddmmArgs& a, int64_t r0, int64_t r1, int64_t
     Reg dy[NV];
     const float* dy_row = a.dy + r * a.lddy + c0;
     for (int u = 0; u < NV; ++u) dy[u] = load_lane_block<NF, TAIL>(dy_row, u, tail);
-    // Four nonzeros at a time, one accumulator each: their four lane sums cost one
-    // reduction (Vec::sums4) instead of a horizontal sum per nonzero.
-    int64_t k = begin;
-    for (; k + 4 <= end; k += 4) {
-      for (int j = 0; j < 4; ++j) prefetch_operand<NV, OFFS>(a, k + j, limit, c0);
-      const float* x0 = operand<OFFS>(a, k) + c0;
-      const float* x1 = operand<OFFS>(a, k + 1) + c0;
-      const float* x2 = operand<OFFS>(a, k + 2) + c0;
-      const float* x3 = operand<OFFS>(a, k + 3) + c0;
-      Reg s0 = Vec::mul(dy[0], load_lane_block<NF, TAIL>(x0, 0, tail));
-      Reg s1 = Vec::mul(dy[0], load_lane_block<NF, TAIL>(x1, 0, tail));
-      Reg s2 = Vec::mul(dy[0], load_lane_block<NF, TAIL>(x2, 0, tail));
-      Reg s3 = Vec::mul(dy[0], load_lane_block<NF, TAIL>(x3, 0, tail));
-      for (int u = 1; u < NV; ++u) {
-        s0 = Vec::fma(dy[u], load_lane_block<NF, TAIL>(x0, u, tail), s0);
-        s1 = Vec::fma(dy[u], load_lane_block<NF, TAIL>(x1, u, tail), s1);
-        s2 = Vec::fma(dy[u], load_lane_block<NF, TAIL>(x2, u, tail), s2);
-        s3 = Vec::fma(dy[u], load_lane_block<NF, TAIL>(x3, u, tail), s3);
-      }
-      Vec::sums4(a.out + k, s0, s1, s2, s3, ACCUMULATE);
-    }
-    for (; k < end; ++k) {
+    for (int64_t k = begin; k < end; ++k) {
       prefetch_operand<NV, OFFS>(a, k, limit, c0);
       const float* x = operand<OFFS>(a, k) + c0;
       Reg s0 = Vec::mul(dy[0], load_lane_block<NF, TAIL>(x, 0, tail));

@@ -26,14 +26,6 @@ struct Vec {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  // out[i] (+)= lane sum of the i-th register, for 4 registers at once: two hadd levels
-  // leave [a b c d] sums of each 128-bit half, then one add of the halves.
-  static void sums4(float* out, reg a, reg b, reg c, reg d, bool accumulate) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(out));
-    _mm_storeu_ps(out, s);
-  }
   // base[idx[0..7]]: one gather per 8 nonzeros in the batch-1 forms.
   static reg load_index_gather(const float* base, const int32_t* idx) {
     return _mm256_i32gather_ps(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);

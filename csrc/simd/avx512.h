@@ -18,17 +18,6 @@ struct Vec {
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static float hsum(reg v) { return _mm512_reduce_add_ps(v); }
-  // out[i] (+)= lane sum of the i-th register: fold each to 256 bits, then as on AVX2.
-  static void sums4(float* out, reg a, reg b, reg c, reg d, bool accumulate) {
-    auto fold = [](reg v) {
-      return _mm256_add_ps(_mm512_castps512_ps256(v),
-                           _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    };
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(fold(a), fold(b)), _mm256_hadd_ps(fold(c), fold(d)));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(out));
-    _mm_storeu_ps(out, s);
-  }
   static reg load_index_gather(const float* base, const int32_t* idx) {
     return _mm512_i32gather_ps(_mm512_loadu_si512(idx), base, 4);
   }

@@ -27,12 +27,6 @@ struct Vec {
   static reg mul(reg a, reg b) { return vmulq_f32(a, b); }
   static reg add(reg a, reg b) { return vaddq_f32(a, b); }
   static float hsum(reg v) { return vaddvq_f32(v); }
-  // out[i] (+)= lane sum of the i-th register: two pairwise-add levels.
-  static void sums4(float* out, reg a, reg b, reg c, reg d, bool accumulate) {
-    float32x4_t s = vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d));
-    if (accumulate) s = vaddq_f32(s, vld1q_f32(out));
-    vst1q_f32(out, s);
-  }
   static reg load_index_gather(const float* base, const int32_t* idx) {
     const float lanes[4] = {base[idx[0]], base[idx[1]], base[idx[2]], base[idx[3]]};
     return vld1q_f32(lanes);

@@ -16,9 +16,5 @@ struct Vec {
   static reg mul(reg a, reg b) { return a * b; }
   static reg add(reg a, reg b) { return a + b; }
   static float hsum(reg v) { return v; }
-  static void sums4(float* out, reg a, reg b, reg c, reg d, bool accumulate) {
-    const float s[4] = {a, b, c, d};
-    for (int i = 0; i < 4; ++i) out[i] = accumulate ? out[i] + s[i] : s[i];
-  }
   static reg load_index_gather(const float* base, const int32_t* idx) { return base[*idx]; }
 };
