@@ -178,3 +178,15 @@ def test_make_layers_storage_dtype_keeps_a_float32_dense_twin_with_the_same_weig
     sparse, dense = make_layers(16, 8, 0.5, storage=torch.bfloat16)
     assert sparse.values.dtype == torch.bfloat16 and dense.weight.dtype == torch.float32
     assert torch.equal(dense.weight, sparse.weight.detach().float())
+
+
+def test_child_peak_rss_is_not_the_parents():
+    """Linux's ru_maxrss survives execve; the RSS children must report their own peak."""
+    import subprocess
+    import sys
+
+    big = torch.ones(300 * 2**20 // 4)  # 300 MiB resident in this (parent) process
+    code = ("from sparseprop.benchmarks.resnet_rss import peak_rss_of_this_process as p; "
+            "print(p())")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(child.stdout) < big.nbytes / 2**20  # torch alone is well under 300 MiB

@@ -4,7 +4,7 @@ Peak RSS is a per-process high-water mark, so the sparse and dense models cannot
 told apart inside one process: :func:`peak_rss_mib` starts ``python -m
 sparseprop.benchmarks.resnet_rss`` once per model; the child builds the model the ResNet bench
 builds (same seed, sparsity, batch, ISA, threads), runs a few SGD steps and prints
-``ru_maxrss``. Both children pay the same baseline (interpreter, torch, the dense
+its peak RSS (``VmHWM``). Both children pay the same baseline (interpreter, torch, the dense
 stem and BN), so the difference is the models' own weights, activations and
 scratch buffers.
 """
@@ -58,6 +58,20 @@ def _child(kind: str, sparsity: float, batch: int, steps: int, threads: int, isa
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), target).backward()
         opt.step()
+    return peak_rss_of_this_process()
+
+
+def peak_rss_of_this_process() -> float:
+    """This process's peak RSS in MiB. Linux's ``ru_maxrss`` carries over ``execve``: a
+    child forked from a large parent would report the parent's peak, so the address
+    space's own high-water mark (``VmHWM``, reset by exec) is read where it exists."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
