@@ -123,10 +123,7 @@ def run_table(args, layers, batches, sparsities, reps, warmup) -> int:
     table and CSV that ``args`` asks for."""
     out = sys.stdout
     progress = sys.stderr if args.markdown else sys.stdout
-    print_header(out, args.markdown)
-    if not args.markdown:
-        print(TABLE.header(), file=out)
-        out.flush()
+    print_header(out, args.markdown, table_header=TABLE.header())
 
     results: List[ConvResult] = []
     start = time.perf_counter()

@@ -136,10 +136,7 @@ def run_table(args, shapes, batches, sparsities, reps, warmup, threads) -> int:
     out = sys.stdout
     progress = sys.stderr if args.markdown else sys.stdout
     print_header(out, args.markdown, [f"storage:    sparse weights stored as {args.storage}"]
-                 if args.storage != "float32" else [])
-    if not args.markdown:
-        print(plain_header(), file=out)
-        out.flush()
+                 if args.storage != "float32" else [], table_header=plain_header())
 
     results: List[Result] = []
     start = time.perf_counter()

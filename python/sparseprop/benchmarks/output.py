@@ -39,9 +39,9 @@ def load_text() -> str:
     return text
 
 
-def print_header(out, markdown: bool, extra: Sequence[str] = ()) -> None:
-    """The header lines (+ ``extra``): a markdown list, or plain lines and the note on
-    what the times and ratios are."""
+def print_header(out, markdown: bool, extra: Sequence[str] = (), table_header: str = "") -> None:
+    """The header lines (+ ``extra``): a markdown list, or plain lines, the note on what
+    the times and ratios are and the ``table_header`` line the plain rows follow."""
     head = header_lines() + list(extra)
     if markdown:
         print("\n".join(f"- {line}" for line in head), file=out)
@@ -49,6 +49,8 @@ def print_header(out, markdown: bool, extra: Sequence[str] = ()) -> None:
     else:
         print("\n".join(head), file=out)
         print(TIMES_NOTE, file=out)
+        if table_header:
+            print(table_header, file=out)
     out.flush()
 
 

@@ -210,10 +210,7 @@ def run_steps(args, batches, sparsities, reps, warmup, profile_steps) -> int:
     what = (f"ResNet-18 (CIFAR, 32x32, 10 classes), one training step: zero_grad, forward, "
             f"cross-entropy, backward, SGD(lr={args.lr:g}, momentum=0.9).step(); sparse = every "
             f"conv but the stem is a SparseConv2d; dense = the same masked model with nn.Conv2d")
-    print_header(out, args.markdown, [f"model:      {what}"])
-    if not args.markdown:
-        print(STEP_TABLE.header(), file=out)
-        out.flush()
+    print_header(out, args.markdown, [f"model:      {what}"], table_header=STEP_TABLE.header())
 
     results: List[StepResult] = []
     start = time.perf_counter()
