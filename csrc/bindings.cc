@@ -11,6 +11,7 @@
 #include "csr.h"
 #include "dispatch.h"
 #include "linear_ops.h"
+#include "pattern_edit.h"
 #include "thread_pool.h"
 
 namespace py = pybind11;
@@ -30,6 +31,8 @@ template <>
 const char* dtype_name<int32_t>() { return "int32"; }
 template <>
 const char* dtype_name<int64_t>() { return "int64"; }
+template <>
+const char* dtype_name<uint8_t>() { return "uint8"; }
 
 // Checks dtype, C-contiguity and rank of an argument; returns it as a typed array.
 template <class T>
@@ -373,6 +376,98 @@ py::tuple transpose_csr_py(py::handle indptr_o, py::handle indices_o, int64_t co
   return py::make_tuple(t_indptr, t_indices, perm);
 }
 
+// --- pruners' pattern edits (pattern_edit.h) ---------------------------------------------
+
+const uint8_t* optional_mask(const py::handle& allowed_o, int64_t n, py::array_t<uint8_t>* keep) {
+  if (allowed_o.is_none()) return nullptr;
+  *keep = checked<uint8_t>(allowed_o, "allowed", 1);
+  expect(keep->shape(0) == n, "allowed has " + std::to_string(keep->shape(0)) +
+                                  " entries, scores have " + std::to_string(n));
+  return keep->data();
+}
+
+py::object top_k_threshold_py(py::handle scores_o, py::handle allowed_o, int64_t k, int num_threads) {
+  auto scores = checked<float>(scores_o, "scores", 1);
+  py::array_t<uint8_t> allowed;
+  const uint8_t* a = optional_mask(allowed_o, scores.shape(0), &allowed);
+  expect(k >= 1, "k must be at least 1");
+  TopK top{};
+  bool ok;
+  {
+    py::gil_scoped_release unlocked;
+    ok = top_k_threshold(scores.data(), a, scores.shape(0), k, std::max(1, num_threads), &top);
+  }
+  if (!ok) return py::none();  // a NaN score: the caller decides what that means
+  return py::make_tuple(top.threshold, top.ties_kept);
+}
+
+void top_k_fill_py(py::handle scores_o, py::handle allowed_o, float threshold, int64_t ties_kept,
+                   int num_threads, py::handle mask_o) {
+  auto scores = checked<float>(scores_o, "scores", 1);
+  auto mask = checked<uint8_t>(mask_o, "mask", 1, true);
+  expect(mask.shape(0) == scores.shape(0), "mask and scores differ in length");
+  py::array_t<uint8_t> allowed;
+  const uint8_t* a = optional_mask(allowed_o, scores.shape(0), &allowed);
+  py::gil_scoped_release unlocked;
+  top_k_fill(scores.data(), a, scores.shape(0), TopK{threshold, ties_kept}, std::max(1, num_threads),
+             mask.mutable_data());
+}
+
+// The outputs are the caller's (torch.empty): numpy would back them with huge pages, whose
+// first touch costs about twice as much here as torch's small pages.
+void mask_row_pointer_py(py::handle mask_o, int num_threads, py::handle indptr_o) {
+  auto mask = checked<uint8_t>(mask_o, "mask", 2);
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1, true);
+  expect(indptr.shape(0) == mask.shape(0) + 1, "indptr must have rows + 1 entries");
+  py::gil_scoped_release unlocked;
+  mask_row_pointer(mask.data(), mask.shape(0), mask.shape(1), std::max(1, num_threads),
+                   indptr.mutable_data());
+}
+
+void mask_column_indices_py(py::handle mask_o, py::handle indptr_o, int num_threads,
+                            py::handle indices_o) {
+  auto mask = checked<uint8_t>(mask_o, "mask", 2);
+  auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
+  auto indices = checked<int32_t>(indices_o, "indices", 1, true);
+  const int64_t rows = mask.shape(0), cols = mask.shape(1);
+  expect(cols <= (int64_t(1) << 31), "a mask row is too long for int32 column indices");
+  expect(indptr.shape(0) == rows + 1, "indptr must have rows + 1 entries");
+  const int64_t* p = indptr.data();
+  expect(p[0] == 0 && p[rows] == indices.shape(0), "indptr does not match indices");
+  for (int64_t r = 0; r < rows; ++r) expect(p[r] <= p[r + 1], "indptr must be non-decreasing");
+  bool matches;
+  {
+    py::gil_scoped_release unlocked;
+    matches = mask_column_indices(mask.data(), rows, cols, p, std::max(1, num_threads),
+                                  indices.mutable_data());
+  }
+  expect(matches, "indptr is not this mask's row pointer (a row's count differs)");
+}
+
+void gather_pattern_py(py::handle dense_o, py::handle indptr_o, py::handle indices_o,
+                       int num_threads, py::handle out_o) {
+  if (!py::isinstance<py::array>(dense_o) || !py::isinstance<py::array>(out_o))
+    throw py::type_error("dense and out must be numpy arrays");
+  py::array dense = py::reinterpret_borrow<py::array>(dense_o);
+  py::array out = py::reinterpret_borrow<py::array>(out_o);
+  expect(dense.ndim() == 2, "dense must be 2-D");
+  expect((dense.flags() & py::array::c_style) != 0, "dense must be C-contiguous");
+  const int size = int(dense.itemsize());
+  expect(size == 2 || size == 4 || size == 8, "dense elements must be 2, 4 or 8 bytes");
+  PatternArrays p = checked_pattern(indptr_o, indices_o);
+  expect(p.rows == dense.shape(0), "indptr does not match the rows of dense");
+  expect(out.ndim() == 1 && out.shape(0) == p.indices.shape(0) && out.itemsize() == size &&
+             (out.flags() & py::array::c_style) && out.writeable(),
+         "out must be a writable 1-D array of nnz elements of dense's size");
+  const int64_t cols = dense.shape(1);
+  const std::string problem = check_bounds(p.indptr.data(), p.rows, p.indices.data(),
+                                           p.indices.shape(0), cols);
+  if (!problem.empty()) throw py::value_error("invalid sparsity pattern: " + problem);
+  py::gil_scoped_release unlocked;
+  gather_pattern(dense.data(), size, p.rows, cols, p.indptr.data(), p.indices.data(),
+                 std::max(1, num_threads), out.mutable_data());
+}
+
 py::dict build_info() {
   py::dict d;
   d["compiler"] = SPARSEPROP_COMPILER;
@@ -455,6 +550,20 @@ PYBIND11_MODULE(_C, m) {
         "A cheap position-dependent checksum of a CSR pattern, to notice in-place edits");
   m.def("transpose_csr", &transpose_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("cols"),
         "Return (t_indptr, t_indices, perm): the transposed pattern and where each value comes from");
+  m.def("top_k_threshold", &top_k_threshold_py, py::arg("scores"), py::arg("allowed"), py::arg("k"),
+        py::arg("num_threads"),
+        "(threshold, ties_kept) of the k highest scores (among allowed), or None if one is NaN");
+  m.def("top_k_fill", &top_k_fill_py, py::arg("scores"), py::arg("allowed"), py::arg("threshold"),
+        py::arg("ties_kept"), py::arg("num_threads"), py::arg("mask"),
+        "Write the top-k mask that top_k_threshold chose into mask (uint8)");
+  m.def("mask_row_pointer", &mask_row_pointer_py, py::arg("mask"), py::arg("num_threads"),
+        py::arg("indptr"), "Write the CSR row pointer of a 2-D uint8 mask's nonzeros into indptr");
+  m.def("mask_column_indices", &mask_column_indices_py, py::arg("mask"), py::arg("indptr"),
+        py::arg("num_threads"), py::arg("indices"),
+        "Write the column indices of a 2-D uint8 mask's nonzeros, at indptr's offsets");
+  m.def("gather_pattern", &gather_pattern_py, py::arg("dense"), py::arg("indptr"), py::arg("indices"),
+        py::arg("num_threads"), py::arg("out"),
+        "Write dense's entries at the pattern's positions into out, in CSR order");
   m.def("available_isas", &available_isas, "ISAs this build and CPU can run, best last");
   m.def("compiled_isas", &compiled_isas, "ISAs compiled into this build");
   m.def("known_isas", &known_isas, "every ISA name the dispatcher knows, on any platform");

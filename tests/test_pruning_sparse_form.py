@@ -42,8 +42,7 @@ def test_topk_mask_keeps_only_allowed():
 
 
 @pytest.mark.parametrize("outside", ["zero", "large"])
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_topk_mask_among_allowed_matches_masking_the_scores(outside, overwrite):
+def test_topk_mask_among_allowed_matches_masking_the_scores(outside):
     g = torch.Generator().manual_seed(1)
     allowed = torch.rand(300_000, generator=g) < 0.4
     scores = torch.randn(300_000, generator=g).abs()
@@ -52,7 +51,7 @@ def test_topk_mask_among_allowed_matches_masking_the_scores(outside, overwrite):
     expected_scores = scores.masked_fill(~allowed, -float("inf"))
     n_allowed = int(allowed.sum())
     for k in (1, n_allowed // 2, n_allowed - 10):  # the last one needs allowed zeros
-        got = topk_mask(scores.clone(), k, allowed, overwrite=overwrite)
+        got = topk_mask(scores.clone(), k, allowed)
         assert int(got.sum()) == k and not bool((got & ~allowed).any())
         assert torch.equal(got, _reference(expected_scores, k))
 

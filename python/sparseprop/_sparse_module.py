@@ -56,8 +56,10 @@ class SparseWeightModule(nn.Module):
 
     # pattern --------------------------------------------------------------------------
     def set_pattern(self, pattern: CSRPattern, values: Optional[torch.Tensor] = None,
-                    optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+                    optimizer: Optional[torch.optim.Optimizer] = None, copy: bool = True) -> None:
         """Replace the pattern, with ``values`` (default: zeros) as its nonzeros.
+        ``copy=False`` takes ``values`` itself when it is a contiguous tensor of the layer's
+        dtype (the caller hands it over: later edits to it edit the layer).
 
         The ``values`` Parameter object is kept, so optimizers built earlier still
         hold it. Without ``optimizer`` their per-parameter state is *not* remapped.
@@ -79,8 +81,11 @@ class SparseWeightModule(nn.Module):
             check_optimizer(optimizer, self.values)
             old_pattern, old_grad = self.pattern, self.values.grad
         dtype = self.values.dtype  # the storage dtype stays
-        self._replace_values(torch.zeros(pattern.nnz, dtype=dtype) if values is None
-                             else values.detach().to(dtype, copy=True))
+        if values is None:
+            values = torch.zeros(pattern.nnz, dtype=dtype)
+        else:
+            values = values.detach().to(dtype, copy=copy).contiguous()
+        self._replace_values(values)
         self._install_pattern(pattern)
         if optimizer is not None:
             from .optim_state import entry_map, remap_optimizer_state
@@ -286,7 +291,9 @@ def reset_grad_accumulator(param: torch.Tensor) -> None:
     """
     with torch.no_grad():
         data = param.data
-        param.data = data.to(torch.float64 if data.dtype != torch.float64 else torch.float32)
+        # An empty tensor of the other dtype: converting the data itself would cost a
+        # full-size copy (tens of ms on a large layer) for nothing.
+        param.data = torch.empty(0, dtype=torch.float64 if data.dtype != torch.float64 else torch.float32)
         param.data = data
 
 

@@ -1,7 +1,6 @@
 """CSR sparsity patterns: construction from masks, validation, the transposed pattern."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -56,6 +55,21 @@ class CSRPattern:
         self.rows, self.cols = rows, cols
         self._own(_as_index(indptr, torch.int64, "indptr"),
                   _as_index(indices, torch.int32, "indices", upper=INDEX_LIMIT))
+
+    @classmethod
+    def adopt(cls, indptr: np.ndarray, indices: np.ndarray, shape: Tuple[int, int]) -> "CSRPattern":
+        """A pattern over int64 ``indptr`` and int32 ``indices`` numpy arrays that nothing
+        else holds (just built, e.g. by ``_C.mask_to_csr``): validated but not copied,
+        which saves two full-size copies on a large layer."""
+        if indptr.dtype != np.int64 or indices.dtype != np.int32:
+            raise TypeError(f"adopt needs int64 indptr and int32 indices, got {indptr.dtype} "
+                            f"and {indices.dtype}")
+        pattern = cls.__new__(cls)
+        pattern.rows, pattern.cols = int(shape[0]), int(shape[1])
+        if pattern.cols > INDEX_LIMIT:
+            raise ValueError(f"at most {INDEX_LIMIT} columns are supported, got {pattern.cols}")
+        pattern._own(np.ascontiguousarray(indptr), np.ascontiguousarray(indices))
+        return pattern
 
     def _own(self, indptr: np.ndarray, indices: np.ndarray) -> None:
         """Take private arrays (see _as_index), validate them, reset what derives from them."""
@@ -218,14 +232,12 @@ def _as_index(t: torch.Tensor, dtype: torch.dtype, name: str, upper: Optional[in
     return np.array(t.detach().contiguous().numpy(), copy=True)
 
 
-def topk_mask(score: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = None,
-              overwrite: bool = False) -> torch.Tensor:
+def topk_mask(score: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Boolean mask (``score``'s shape) of the ``k`` highest scores, among ``allowed`` (a
     mask of the same shape) if given: at most ``allowed.sum()`` entries. The one top-k mask
     builder (``from_dense`` / ``sparsify`` magnitude pruning and every pruner use it), O(n)
-    (see :mod:`.topk_select`); keeping every allowed weight ranks nothing. ``overwrite=True``
-    lets it write into a float32 ``score`` the caller no longer needs (no full-size copy: on a
-    4096x4096 layer a fresh 64 MiB temporary costs more in page faults than the select)."""
+    (see :mod:`.topk_select`), with no copy of the scores; keeping every allowed weight
+    ranks nothing."""
     flat = score.detach().flatten()
     if flat.dtype != torch.float32:
         flat = flat.float()
@@ -235,10 +247,4 @@ def topk_mask(score: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = Non
     n_allowed = int(torch.count_nonzero(allowed))
     if k >= n_allowed:
         return allowed.clone().view(score.shape)
-    # Magnitudes of a masked layer are zero outside ``allowed``: then the plain top k lie
-    # inside it and no masked copy of the scores is needed. Checked, never assumed.
-    keep = top_k_mask(flat, k)
-    if int(torch.count_nonzero(keep.logical_and_(allowed))) == k:
-        return keep.view(score.shape)
-    fill = flat.masked_fill_ if overwrite and flat.dtype == score.dtype else flat.masked_fill
-    return top_k_mask(fill(~allowed, -math.inf), k).view(score.shape)
+    return top_k_mask(flat, k, allowed).view(score.shape)

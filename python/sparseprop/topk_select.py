@@ -1,14 +1,23 @@
 """Top-k selection in O(n): the threshold of the ``k`` highest scores without a sort.
 
 Ranking a 4096x4096 layer with ``torch.topk`` takes ~0.4 s and ``torch.kthvalue`` ~0.3 s
-(a copy plus a selection over all 16.7M scores). Here a strided sample brackets the
-threshold, one pass counts the scores above the bracket, and the exact selection runs
-only among the few scores inside it; if the bracket misses (adversarial data), the exact
-full ``kthvalue`` runs instead, so the result never depends on the sample.
+(a copy plus a selection over all 16.7M scores). :func:`top_k_mask` runs a native radix
+select on the scores' bits (two histogram passes and one pass writing the mask, on the
+kernels' threads: ~10 ms there). Scores with a NaN take the torch path below, which
+ranks NaN as torch does. There, a strided sample brackets the threshold, one pass counts
+the scores above the bracket, and the exact selection runs only among the few scores
+inside it; if the bracket misses (adversarial data), the exact full ``kthvalue`` runs
+instead, so the result never depends on the sample.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
 import torch
+
+from . import _C
+from ._backend import get_num_threads
 
 __all__ = ["kth_largest", "top_k_mask"]
 
@@ -39,15 +48,21 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(values, n - k + 1).values  # the bracket missed: exact fallback
 
 
-def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_mask(scores: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Boolean mask (shape of ``scores``) of exactly ``k`` highest scores; ties at the
-    threshold are broken by position (first ones kept)."""
-    flat = scores.reshape(-1)
+    threshold are broken by position (first ones kept). With ``allowed`` (a bool tensor
+    of as many entries), only allowed scores count, and ``k`` must not exceed their number."""
+    flat = scores.detach().reshape(-1)
     n = flat.numel()
-    if k >= n:
+    if allowed is None and k >= n:
         return torch.ones(scores.shape, dtype=torch.bool)
     if k <= 0:
         return torch.zeros(scores.shape, dtype=torch.bool)
+    native = _native_top_k(flat, k, allowed)
+    if native is not None:
+        return native.view(scores.shape)
+    if allowed is not None:  # a NaN score: the torch path over the allowed ones only
+        flat = flat.float().masked_fill(~allowed.reshape(-1), -float("inf"))
     threshold = kth_largest(flat, k)
     keep = flat > threshold
     missing = k - int(torch.count_nonzero(keep))
@@ -55,3 +70,18 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
         ties = torch.nonzero(flat == threshold).flatten()[:missing]
         keep[ties] = True
     return keep.view(scores.shape)
+
+
+def _native_top_k(flat: torch.Tensor, k: int, allowed: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The native select's mask, or None if a considered score is NaN."""
+    values = flat.float().contiguous().numpy()
+    gate = None
+    if allowed is not None:
+        gate = allowed.detach().reshape(-1).bool().contiguous().numpy().view(np.uint8)
+    threads = get_num_threads()
+    top = _C.top_k_threshold(values, gate, k, threads)
+    if top is None:
+        return None
+    mask = torch.empty(flat.numel(), dtype=torch.bool)
+    _C.top_k_fill(values, gate, top[0], top[1], threads, mask.numpy().view(np.uint8))
+    return mask

@@ -21,7 +21,7 @@ from ..module_tree import (NamesArg, conversion_blocker, dense_twin, empty_spars
 from ..modules import SparseConv2d, SparseLinear
 from ..optim_state import state_tensors, swap_parameter, update_pattern
 from ..topk_select import top_k_mask
-from ._fast_pattern import gather_at, keep_entries, pattern_of_mask
+from ._fast_pattern import gather_pattern, keep_entries, pattern_of_mask
 from .switch_point import resolve_sparse_from
 
 _DENSE_TYPES = (nn.Linear, nn.Conv2d)
@@ -210,9 +210,9 @@ class Layer:
         sparse = empty_sparse_twin(dense, dense.bias is not None)
         # The mask's True entries in row-major order are the CSR storage order: the
         # values and the optimizer state are gathers at those positions (no search).
-        positions, pattern = pattern_of_mask(mask, sparse.pattern_shape)
-        take = gather_at(positions)
-        sparse.set_pattern(pattern, take(dense.weight))
+        pattern = pattern_of_mask(mask, sparse.pattern_shape)
+        take = gather_pattern(pattern)
+        sparse.set_pattern(pattern, take(dense.weight), copy=False)  # a fresh gather
         if dense.bias is not None:
             sparse.bias = dense.bias  # the same Parameter: the optimizer keeps its state
         sparse.train(dense.training)

@@ -231,9 +231,9 @@ class Pruner:
                 k = nnz_for(sparsity, layer.numel)
                 if not layer.is_dense:
                     layer.keep_top_values(k, self.optimizer)
-                else:  # |w| is a fresh tensor: rank inside it (pruned weights are excluded)
+                else:  # rank |w| among the weights still kept
                     score = layer.module.weight.detach().abs()
-                    masks[name] = topk_mask(score, k, layer.dense_mask, overwrite=True)
+                    masks[name] = topk_mask(score, k, layer.dense_mask)
             self.apply_masks(masks)
             return
         self.apply_masks(self._select(sparsity, grads))

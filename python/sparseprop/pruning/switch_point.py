@@ -31,7 +31,7 @@ from torch import nn
 
 from .._backend import cpu_model, get_isa, get_num_threads
 from ..module_tree import empty_sparse_twin
-from ._fast_pattern import gather_at, pattern_of_mask
+from ._fast_pattern import gather_pattern, pattern_of_mask
 
 __all__ = ["switch_point", "FLOOR", "CEILING", "FALLBACK", "clear_switch_point_cache"]
 
@@ -76,12 +76,14 @@ def clear_switch_point_cache(disk: bool = False) -> None:
             pass
 
 
-def _probe_modules(module: nn.Module, input_shape: Sequence[int]) -> Tuple[nn.Module, Tuple[int, ...]]:
-    """A dense slice of ``module`` (same kind, fewer outputs) and its probe input shape."""
+def _probe_modules(module: nn.Module, input_shape: Sequence[int],
+                   device: str = "cpu") -> Tuple[nn.Module, Tuple[int, ...]]:
+    """A dense slice of ``module`` (same kind, fewer outputs) and its probe input shape
+    (on the ``meta`` device it only describes the probe: no weights are drawn)."""
     if isinstance(module, nn.Linear) or hasattr(module, "in_features"):
         n_in, n_out = module.in_features, module.out_features
         rows = max(1, math.prod(input_shape[:-1]))
-        return nn.Linear(n_in, min(n_out, _PROBE_ROWS)), (rows, n_in)
+        return nn.Linear(n_in, min(n_out, _PROBE_ROWS), device=device), (rows, n_in)
     groups = module.groups
     out = module.out_channels if groups > 1 else min(module.out_channels, _PROBE_CHANNELS)
     shape = tuple(input_shape)
@@ -90,7 +92,8 @@ def _probe_modules(module: nn.Module, input_shape: Sequence[int]) -> Tuple[nn.Mo
     shape = (min(shape[0], _PROBE_IMAGES),) + shape[1:]
     padding = module.padding
     dense = nn.Conv2d(module.in_channels, out, module.kernel_size, module.stride, padding,
-                      module.dilation, groups, module.bias is not None, module.padding_mode)
+                      module.dilation, groups, module.bias is not None, module.padding_mode,
+                      device=device)
     return dense, shape
 
 
@@ -122,8 +125,8 @@ def _measure(probe: nn.Module, shape: Tuple[int, ...]) -> Tuple[float, bool]:
     for density in _DENSITIES:  # random positions at about that density (timing only)
         twin = empty_sparse_twin(probe, probe.bias is not None)
         mask = torch.rand(probe.weight.shape, generator=gen) < density
-        positions, pattern = pattern_of_mask(mask, twin.pattern_shape)
-        twin.set_pattern(pattern, gather_at(positions)(probe.weight))
+        pattern = pattern_of_mask(mask, twin.pattern_shape)
+        twin.set_pattern(pattern, gather_pattern(pattern)(probe.weight))
         sparse.append(twin)
     modules = [probe] + sparse
     times = [[] for _ in modules]
@@ -174,13 +177,14 @@ def switch_point(module: nn.Module, input_shape: Optional[Sequence[int]]) -> flo
         return pinned
     if input_shape is None:
         return FALLBACK
-    probe, shape = _probe_modules(module, input_shape)
-    key = _key(module, probe, shape)
+    # The key from a meta-device probe: a cache hit draws no 2048-row weight (~40 ms).
+    key = _key(module, *_probe_modules(module, input_shape, "meta"))
     if key not in _memory:
         disk = _load_disk()
         if key in disk:
             _memory[key] = disk[key]
         else:
+            probe, shape = _probe_modules(module, input_shape)
             with torch.enable_grad():
                 _memory[key], steady = _measure(probe, shape)
             if steady:
