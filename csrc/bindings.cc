@@ -360,7 +360,7 @@ uint64_t pattern_checksum_py(py::handle indptr_o, py::handle indices_o) {
   return pattern_checksum(indptr.data(), indptr.shape(0), indices.data(), indices.shape(0));
 }
 
-py::tuple transpose_csr_py(py::handle indptr_o, py::handle indices_o, int64_t cols) {
+py::tuple transpose_csr_py(py::handle indptr_o, py::handle indices_o, int64_t cols, int num_threads) {
   auto indptr = checked<int64_t>(indptr_o, "indptr", 1);
   auto indices = checked<int32_t>(indices_o, "indices", 1);
   expect_pattern(indptr, indices);
@@ -371,7 +371,7 @@ py::tuple transpose_csr_py(py::handle indptr_o, py::handle indices_o, int64_t co
   {
     py::gil_scoped_release unlocked;
     transpose_csr(indptr.data(), rows, indices.data(), cols, t_indptr.mutable_data(),
-                  t_indices.mutable_data(), perm.mutable_data());
+                  t_indices.mutable_data(), perm.mutable_data(), num_threads);
   }
   return py::make_tuple(t_indptr, t_indices, perm);
 }
@@ -549,6 +549,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("pattern_checksum", &pattern_checksum_py, py::arg("indptr"), py::arg("indices"),
         "A cheap position-dependent checksum of a CSR pattern, to notice in-place edits");
   m.def("transpose_csr", &transpose_csr_py, py::arg("indptr"), py::arg("indices"), py::arg("cols"),
+        py::arg("num_threads") = 1,
         "Return (t_indptr, t_indices, perm): the transposed pattern and where each value comes from");
   m.def("top_k_threshold", &top_k_threshold_py, py::arg("scores"), py::arg("allowed"), py::arg("k"),
         py::arg("num_threads"),

@@ -18,9 +18,10 @@ std::string check_bounds(const int64_t* indptr, int64_t rows, const int32_t* ind
 
 // The pattern of W^T in CSR (= W in CSC): t_indptr has cols + 1 entries,
 // t_indices the row of each nonzero (sorted within each column), and perm[k]
-// the position of that nonzero in the original values array.
+// the position of that nonzero in the original values array. Needs a valid
+// pattern (sorted rows); num_threads share the work.
 void transpose_csr(const int64_t* indptr, int64_t rows, const int32_t* indices, int64_t cols,
-                   int64_t* t_indptr, int32_t* t_indices, int64_t* perm);
+                   int64_t* t_indptr, int32_t* t_indices, int64_t* perm, int num_threads = 1);
 
 // A position-dependent checksum of a pattern's indptr and indices, cheap enough
 // to run on every call: the layers compare it with the value recorded when the

@@ -133,3 +133,25 @@ def test_column_indices_refuse_a_row_pointer_of_another_mask():
         _C.mask_column_indices(mask, np.array([0, 1, 3]), 1, indices)  # no write past a row
     with pytest.raises(ValueError, match="does not match indices"):
         _C.mask_column_indices(mask, np.array([0, 2, 4]), 1, indices)
+
+
+@pytest.mark.parametrize("shape", [(300, 1), (257, 1100), (64, 4096)])
+def test_parallel_transpose_equals_the_serial_one(shape):
+    g = torch.Generator().manual_seed(shape[1])
+    mask = torch.rand(shape, generator=g) < 0.4
+    mask[3] = False
+    ip, ix = pattern_of_mask(mask, shape)._np
+    serial = _C.transpose_csr(ip, ix, shape[1], 1)
+    parallel = _C.transpose_csr(ip, ix, shape[1], 2)
+    for a, b in zip(serial, parallel):
+        assert np.array_equal(a, b)
+    want = pattern_of_mask(mask.t(), shape[::-1])._np
+    assert np.array_equal(serial[0], want[0]) and np.array_equal(serial[1], want[1])
+
+
+def test_transpose_of_unsorted_rows_falls_back_to_the_plain_scatter():
+    indptr = np.array([0, 3, 4], dtype=np.int64)
+    indices = np.array([2, 0, 1, 1], dtype=np.int32)
+    t_indptr, t_indices, perm = _C.transpose_csr(indptr, indices, 3, 2)
+    assert t_indptr.tolist() == [0, 1, 3, 4]
+    assert t_indices.tolist() == [0, 0, 1, 0] and perm.tolist() == [1, 2, 3, 0]

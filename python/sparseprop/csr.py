@@ -159,7 +159,7 @@ class CSRPattern:
         """``(t_indptr, t_indices, t_perm)``: the pattern of the transpose."""
         self.expect_current()
         if self._t is None:
-            t_indptr, t_indices, perm = _C.transpose_csr(*self._np, self.cols)
+            t_indptr, t_indices, perm = _C.transpose_csr(*self._np, self.cols, get_num_threads())
             self._t = (torch.from_numpy(t_indptr), torch.from_numpy(t_indices),
                        torch.from_numpy(perm))
         return self._t
