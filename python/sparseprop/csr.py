@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from . import _C
+from ._backend import get_num_threads
 from .topk_select import top_k_mask
 
 INDEX_LIMIT = 2**31 - 1  # column indices are stored as int32
