@@ -155,3 +155,16 @@ def test_transpose_of_unsorted_rows_falls_back_to_the_plain_scatter():
     t_indptr, t_indices, perm = _C.transpose_csr(indptr, indices, 3, 2)
     assert t_indptr.tolist() == [0, 1, 3, 4]
     assert t_indices.tolist() == [0, 0, 1, 0] and perm.tolist() == [1, 2, 3, 0]
+
+
+def test_set_pattern_takes_the_values_only_when_told():
+    from sparseprop import SparseLinear
+    layer = SparseLinear.from_dense(torch.nn.Linear(8, 4), sparsity=0.5)
+    pattern = pattern_of_mask(torch.ones(4, 8, dtype=torch.bool), (4, 8))
+    values = torch.randn(32)
+    layer.set_pattern(pattern, values)
+    assert layer.values.data_ptr() != values.data_ptr() and torch.equal(layer.values, values)
+    layer.set_pattern(pattern, values, copy=False)
+    assert layer.values.data_ptr() == values.data_ptr()
+    layer.set_pattern(pattern, values.double(), copy=False)  # another dtype: converted
+    assert layer.values.dtype == torch.float32 and torch.equal(layer.values, values)
