@@ -392,12 +392,14 @@ py::object top_k_threshold_py(py::handle scores_o, py::handle allowed_o, int64_t
   const uint8_t* a = optional_mask(allowed_o, scores.shape(0), &allowed);
   expect(k >= 1, "k must be at least 1");
   TopK top{};
-  bool ok;
+  SelectStatus status;
   {
     py::gil_scoped_release unlocked;
-    ok = top_k_threshold(scores.data(), a, scores.shape(0), k, std::max(1, num_threads), &top);
+    status = top_k_threshold(scores.data(), a, scores.shape(0), k, std::max(1, num_threads), &top);
   }
-  if (!ok) return py::none();  // a NaN score: the caller decides what that means
+  if (status == SelectStatus::kNaN) return py::none();  // the caller decides what NaN means
+  expect(status == SelectStatus::kSelected,
+         "k = " + std::to_string(k) + " exceeds the number of scores considered");
   return py::make_tuple(top.threshold, top.ties_kept);
 }
 

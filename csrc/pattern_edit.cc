@@ -63,7 +63,7 @@ void pick_digit(const std::vector<int64_t>& hist, int64_t k, uint32_t* digit, in
     }
     above += hist[d];
   }
-  *digit = 0;  // unreachable when 1 <= k <= the number of keys counted
+  *digit = 0;  // unreachable: the caller checked 1 <= k <= the number of keys counted
   *need = k - above;
 }
 
@@ -138,14 +138,17 @@ void gather_rows(const T* dense, int64_t rows, int64_t cols, const int64_t* indp
 
 }  // namespace
 
-bool top_k_threshold(const float* scores, const uint8_t* allowed, int64_t n, int64_t k,
-                     int num_threads, TopK* out) {
+SelectStatus top_k_threshold(const float* scores, const uint8_t* allowed, int64_t n, int64_t k,
+                             int num_threads, TopK* out) {
   int parts = threads_for(n, num_threads);
   while (n / parts >= (int64_t(1) << 32)) ++parts;  // keeps the per-slice counts in 32 bits
   bool saw_nan = false;
   std::vector<int64_t> hist;
   histogram<true>(scores, allowed, n, parts, 0, &hist, &saw_nan);
-  if (saw_nan) return false;
+  if (saw_nan) return SelectStatus::kNaN;
+  int64_t considered = 0;
+  for (int64_t count : hist) considered += count;
+  if (k > considered) return SelectStatus::kTooFew;
   uint32_t high, low;
   int64_t need, ties;
   pick_digit(hist, k, &high, &need);
@@ -153,7 +156,7 @@ bool top_k_threshold(const float* scores, const uint8_t* allowed, int64_t n, int
   pick_digit(hist, need, &low, &ties);
   out->threshold = from_key((high << 16) | low);
   out->ties_kept = ties;
-  return true;
+  return SelectStatus::kSelected;
 }
 
 void top_k_fill(const float* scores, const uint8_t* allowed, int64_t n, TopK top, int num_threads,

@@ -13,10 +13,12 @@ struct TopK {
   int64_t ties_kept;   // how many scores equal to it are kept (the first ones)
 };
 
+enum class SelectStatus { kSelected, kNaN, kTooFew };
+
 // The k-th highest of the scores where `allowed` is nonzero (every score when
-// allowed is null), 1 <= k <= that count. Returns false, touching nothing, when
-// a considered score is NaN.
-bool top_k_threshold(const float* scores, const uint8_t* allowed, int64_t n, int64_t k,
+// allowed is null), k >= 1. *out is set only when the result is kSelected; kNaN:
+// a considered score is NaN; kTooFew: fewer than k scores are considered.
+SelectStatus top_k_threshold(const float* scores, const uint8_t* allowed, int64_t n, int64_t k,
                      int num_threads, TopK* out);
 
 // mask[i] = 1 for exactly the k scores of top_k_threshold's choice (allowed only;

@@ -76,6 +76,12 @@ def test_select_rejects_bad_arguments():
         _C.top_k_threshold(scores, np.ones(3, dtype=np.uint8), 1, 1)
     with pytest.raises(ValueError, match="k must be at least 1"):
         _C.top_k_threshold(scores, None, 0, 1)
+    with pytest.raises(ValueError, match="k = 11 exceeds the number of scores considered"):
+        _C.top_k_threshold(scores, None, 11, 1)
+    allowed = torch.zeros(10, dtype=torch.bool)
+    allowed[:3] = True
+    with pytest.raises(ValueError, match="k = 4 exceeds"):
+        top_k_mask(torch.from_numpy(scores), 4, allowed)  # never a mask outside allowed
 
 
 @pytest.mark.parametrize("cols", [1, 7, 8, 9, 63, 65, 200])

@@ -48,29 +48,30 @@ class CSRPattern:
     __slots__ = ("rows", "cols", "indptr", "indices", "_t", "_np", "_t_np", "_sum", "_ptrs")
 
     def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, shape: Tuple[int, int]) -> None:
-        rows, cols = int(shape[0]), int(shape[1])
-        if rows < 0 or cols < 0:
-            raise ValueError(f"pattern shape must be non-negative, got {shape}")
-        if cols > INDEX_LIMIT:
-            raise ValueError(f"at most {INDEX_LIMIT} columns are supported, got {cols}")
-        self.rows, self.cols = rows, cols
+        self._set_shape(shape)
         self._own(_as_index(indptr, torch.int64, "indptr"),
                   _as_index(indices, torch.int32, "indices", upper=INDEX_LIMIT))
 
     @classmethod
     def adopt(cls, indptr: np.ndarray, indices: np.ndarray, shape: Tuple[int, int]) -> "CSRPattern":
         """A pattern over int64 ``indptr`` and int32 ``indices`` numpy arrays that nothing
-        else holds (just built, e.g. by ``_C.mask_to_csr``): validated but not copied,
-        which saves two full-size copies on a large layer."""
+        else holds (just built, e.g. by ``_C.mask_column_indices``): validated but not
+        copied, which saves two full-size copies on a large layer."""
         if indptr.dtype != np.int64 or indices.dtype != np.int32:
             raise TypeError(f"adopt needs int64 indptr and int32 indices, got {indptr.dtype} "
                             f"and {indices.dtype}")
         pattern = cls.__new__(cls)
-        pattern.rows, pattern.cols = int(shape[0]), int(shape[1])
-        if pattern.cols > INDEX_LIMIT:
-            raise ValueError(f"at most {INDEX_LIMIT} columns are supported, got {pattern.cols}")
+        pattern._set_shape(shape)
         pattern._own(np.ascontiguousarray(indptr), np.ascontiguousarray(indices))
         return pattern
+
+    def _set_shape(self, shape: Tuple[int, int]) -> None:
+        rows, cols = int(shape[0]), int(shape[1])
+        if rows < 0 or cols < 0:
+            raise ValueError(f"pattern shape must be non-negative, got {shape}")
+        if cols > INDEX_LIMIT:
+            raise ValueError(f"at most {INDEX_LIMIT} columns are supported, got {cols}")
+        self.rows, self.cols = rows, cols
 
     def _own(self, indptr: np.ndarray, indices: np.ndarray) -> None:
         """Take private arrays (see _as_index), validate them, reset what derives from them."""

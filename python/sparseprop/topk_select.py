@@ -3,11 +3,11 @@
 Ranking a 4096x4096 layer with ``torch.topk`` takes ~0.4 s and ``torch.kthvalue`` ~0.3 s
 (a copy plus a selection over all 16.7M scores). :func:`top_k_mask` runs a native radix
 select on the scores' bits (two histogram passes and one pass writing the mask, on the
-kernels' threads: 30-60 ms there on 2 threads). Scores with a NaN take the torch path below, which
-ranks NaN as torch does. There, a strided sample brackets the threshold, one pass counts
-the scores above the bracket, and the exact selection runs only among the few scores
-inside it; if the bracket misses (adversarial data), the exact full ``kthvalue`` runs
-instead, so the result never depends on the sample.
+kernels' threads: 30-60 ms there on 2 threads). Scores with a NaN take the torch path
+below, which ranks NaN as torch does. There, a strided sample brackets the threshold, one
+pass counts the scores above the bracket, and the exact selection runs only among the few
+scores inside it; if the bracket misses (adversarial data), the exact full ``kthvalue``
+runs instead, so the result never depends on the sample.
 """
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def top_k_mask(scores: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = N
 
 
 def _native_top_k(flat: torch.Tensor, k: int, allowed: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """The native select's mask, or None if a considered score is NaN."""
+    """The native select's mask, or None if a considered score is NaN (ValueError if
+    fewer than ``k`` scores are allowed)."""
     values = flat.float().contiguous().numpy()
     gate = None
     if allowed is not None:

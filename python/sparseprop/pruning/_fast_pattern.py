@@ -9,10 +9,10 @@ mask update. A pruner's edits are of two simple kinds, and both keep CSR storage
 * a sparse layer keeps a subset of its entries: the survivors are a subsequence, so
   values, gradient and state are gathers at the survivors' indices.
 
-Native passes (``_C.mask_row_pointer`` / ``mask_column_indices``, ``_C.gather_pattern``,
-on the kernels' threads) build
-the pattern from the mask and gather at its positions; numpy gathers the survivors of a
-sparse layer (its take is several times faster than torch's index_select on two threads).
+Native passes on the kernels' threads (``_C.mask_row_pointer`` / ``mask_column_indices``,
+``_C.gather_pattern``) build the pattern from the mask and gather at its positions; numpy
+gathers the survivors of a sparse layer (its take is several times faster than torch's
+index_select on two threads).
 """
 from __future__ import annotations
 
