@@ -83,8 +83,12 @@ def test_every_algorithm_end_to_end(algorithm, capsys, monkeypatch):
     text = demo.report(args, dense, sparse, model, names)
     for cell in ("test acc", "s/epoch", "speedup", "parameters", "dense", f"sparse ({algorithm})",
                  "SparseLinear", "64x64", "95.0%", "not pruned (input layer)",
-                 "not pruned (output layer)"):
+                 "not pruned (output layer)", "mask changes during training: "):
         assert cell in text, cell
+    if algorithm in ("magnitude", "random-erk", "snip", "synflow"):  # pruned at set-up only
+        assert not sparse.updates and "none (pruned at set-up" in text
+    else:
+        assert sparse.updates and "x a dense training step" in text
 
 
 def test_main_prints_header_and_tables(capsys):

@@ -224,8 +224,8 @@ def train(model: nn.Module, opt, pruner: Optional[pruning.Pruner], data, args, l
         order = torch.randperm(n, generator=gen)
         on_sparse = 0
         start = time.perf_counter()
-        if pruner is not None and epoch > 0:
-            pruner.epoch_step()  # pruners scheduled in epochs (AC/DC) change masks here
+        if pruner is not None and epoch > 0:  # pruners scheduled in epochs (AC/DC)
+            log.time_update(pruner.epoch_step)
         for step in range(steps):
             if pruner is not None:
                 on_sparse += all(not layer.is_dense for layer in pruner.layers.values())
@@ -235,8 +235,8 @@ def train(model: nn.Module, opt, pruner: Optional[pruning.Pruner], data, args, l
             loss.backward()
             log.peak_rss = max(log.peak_rss, rss_bytes())  # gradients are live: the step's peak
             opt.step()
-            if pruner is not None:
-                pruner.step()  # after the optimizer step: prunes, regrows, switches form
+            if pruner is not None:  # after the optimizer step: prunes, regrows, switches form
+                log.time_update(pruner.step)
             log.clock.append(log.setup + sum(log.times) + time.perf_counter() - start)
             log.losses.append(loss.item())
             progress.step(step + 1, steps, log.losses[-1])

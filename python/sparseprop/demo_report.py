@@ -3,7 +3,9 @@ the optional plot. Kept apart from :mod:`sparseprop.demo`, which does the traini
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import IO, List, Optional, Sequence, Tuple
 
@@ -30,6 +32,19 @@ class RunLog:
     losses: List[float] = field(default_factory=list)  # training loss, per step
     peak_rss: int = 0  # highest resident memory (bytes) sampled after a backward pass
     base_rss: int = 0  # resident memory just before the run built its model
+    updates: List[float] = field(default_factory=list)  # wall time (s) of each mask change
+
+    def time_update(self, pruner_step) -> None:
+        """Run ``pruner_step`` (a pruner's ``step`` or ``epoch_step``); if it changed a
+        mask, record how long that took."""
+        start = time.perf_counter()
+        if pruner_step():
+            self.updates.append(time.perf_counter() - start)
+
+    def median_step(self) -> float:
+        """Median wall time (s) of one training step (the clock's increments)."""
+        steps = [b - a for a, b in zip([self.setup] + self.clock[:-1], self.clock)]
+        return statistics.median(steps) if steps else 0.0
 
     @property
     def total(self) -> float:
@@ -177,7 +192,21 @@ def report(args, dense_log: RunLog, sparse_log: RunLog, model: nn.Sequential,
     """The final tables: results of both runs, then the sparse model layer by layer."""
     why = {"0": "input layer", str(len(model) - 1): "output layer"}
     return "\n".join([f"\nresults after {args.epochs} epochs", results_table(dense_log, sparse_log),
+                      updates_line(dense_log, sparse_log),
                       "\nper-layer sparsity of the sparse model", layers_table(model, names, why)])
+
+
+def updates_line(dense_log: RunLog, sparse_log: RunLog) -> str:
+    """The sparse run's mask changes during training, against a dense step of this process."""
+    if not sparse_log.updates:
+        return f"mask changes during training: none (pruned at set-up, {sparse_log.setup:.2f} s)"
+    step = dense_log.median_step()
+    slowest = max(sparse_log.updates)
+    text = (f"mask changes during training: {len(sparse_log.updates)}, "
+            f"{sum(sparse_log.updates):.2f} s in all; the slowest {1e3 * slowest:.0f} ms")
+    if step > 0:
+        text += f" = {slowest / step:.2f}x a dense training step ({1e3 * step:.0f} ms, median)"
+    return text + " (included in total s)"
 
 
 # --- plot -------------------------------------------------------------------------------
